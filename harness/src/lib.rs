@@ -1,0 +1,15 @@
+//! Test support for kuiper-registry: real peers on loopback.
+//!
+//! - [`files::FileHost`]: a wiremock file host serving zips or failing on purpose.
+//! - [`callbacks::CallbackSink`]: a wiremock callback target that records calls.
+//! - [`raw::RawHost`]: a TCP host that answers with exact bytes (lying lengths, stalls).
+//! - [`zips::ZipBuilder`]: builds valid, malformed and malicious zips.
+//! - [`s3::S3Server`]: an in-process S3-protocol server (s3s + s3s-fs) with SigV4.
+//! - [`plugins`]: real `.so` plugins compiled from the example crates.
+
+pub mod callbacks;
+pub mod files;
+pub mod plugins;
+pub mod raw;
+pub mod s3;
+pub mod zips;

@@ -1,0 +1,244 @@
+//! An in-process S3-protocol server on 127.0.0.1 (s3s + s3s-fs) with SigV4
+//! authentication, for tests that need a real S3 endpoint.
+//!
+//! s3s-fs checks `If-None-Match` / `If-Match` but not atomically, while AWS S3
+//! and MinIO are atomic; this server serialises writes per key so that race
+//! tests test the registry, not that gap. It can also be told to fail every
+//! request with a status, to test store outages.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hyper_util::rt::TokioIo;
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Access key id the server accepts.
+pub const ACCESS_KEY: &str = "kuiper-test-access";
+/// Secret key the server accepts.
+pub const SECRET_KEY: &str = "kuiper-test-secret-key-0123456789";
+/// The region clients should sign for.
+pub const REGION: &str = "us-east-1";
+
+/// Request counters and fault switch shared with the server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// GetObject calls.
+    pub gets: AtomicU64,
+    /// PutObject calls (and multipart completions).
+    pub puts: AtomicU64,
+    /// ListObjects(V2) calls.
+    pub lists: AtomicU64,
+    /// HeadObject calls.
+    pub heads: AtomicU64,
+    /// DeleteObject calls.
+    pub deletes: AtomicU64,
+    /// When non-zero, every request fails with this status (500 or 503).
+    pub fail_with: AtomicU16,
+}
+
+struct Serialized {
+    inner: s3s_fs::FileSystem,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    stats: Arc<Stats>,
+}
+
+impl Serialized {
+    fn lock_for(&self, bucket: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.locks.lock().expect("lock map");
+        map.entry(format!("{bucket}/{key}")).or_default().clone()
+    }
+
+    fn fault(&self) -> S3Result<()> {
+        match self.stats.fail_with.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            503 => Err(s3_error!(ServiceUnavailable, "injected outage")),
+            _ => Err(s3_error!(InternalError, "injected failure")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Serialized {
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.fault()?;
+        self.inner.create_bucket(req).await
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.fault()?;
+        self.inner.head_bucket(req).await
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        self.fault()?;
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.inner.get_object(req).await
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.fault()?;
+        self.stats.heads.fetch_add(1, Ordering::Relaxed);
+        self.inner.head_object(req).await
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.fault()?;
+        self.stats.puts.fetch_add(1, Ordering::Relaxed);
+        let lock = self.lock_for(&req.input.bucket, &req.input.key);
+        let _guard = lock.lock().await;
+        self.inner.put_object(req).await
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.fault()?;
+        self.stats.deletes.fetch_add(1, Ordering::Relaxed);
+        let lock = self.lock_for(&req.input.bucket, &req.input.key);
+        let _guard = lock.lock().await;
+        self.inner.delete_object(req).await
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.fault()?;
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list_objects(req).await
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.fault()?;
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list_objects_v2(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.fault()?;
+        self.inner.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.fault()?;
+        self.inner.upload_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.fault()?;
+        self.stats.puts.fetch_add(1, Ordering::Relaxed);
+        let lock = self.lock_for(&req.input.bucket, &req.input.key);
+        let _guard = lock.lock().await;
+        self.inner.complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.fault()?;
+        self.inner.abort_multipart_upload(req).await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.fault()?;
+        self.inner.list_parts(req).await
+    }
+}
+
+/// A running S3-protocol server with one bucket.
+pub struct S3Server {
+    endpoint: String,
+    bucket: String,
+    root: tempfile::TempDir,
+    stats: Arc<Stats>,
+    task: JoinHandle<()>,
+}
+
+impl S3Server {
+    /// Starts a server on 127.0.0.1:0 with an empty bucket named `bucket`.
+    pub async fn start(bucket: &str) -> Self {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(root.path().join(bucket)).expect("bucket dir");
+        let stats = Arc::new(Stats::default());
+        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
+        let service = {
+            let mut b = s3s::service::S3ServiceBuilder::new(Serialized {
+                inner: fs,
+                locks: Mutex::new(HashMap::new()),
+                stats: stats.clone(),
+            });
+            b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            b.build()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind s3");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let svc = service.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        S3Server {
+            endpoint,
+            bucket: bucket.to_string(),
+            root,
+            stats,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The directory holding the bucket's objects (`{root}/{bucket}/{key}`).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join(&self.bucket)
+    }
+
+    /// The server's root directory.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Request counters and the fault switch.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Makes every request fail with `status` (500 or 503); `None` heals.
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.stats.fail_with.store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Stops accepting connections (the endpoint then refuses them).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

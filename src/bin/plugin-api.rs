@@ -1,0 +1,64 @@
+//! `plugin-api`: the eKuiper plugin REST API. Under AWS Lambda (when
+//! `AWS_LAMBDA_RUNTIME_API` is set) it serves Lambda events; otherwise it
+//! listens on `KUIPER_LISTEN` (default 127.0.0.1:9081).
+
+use clap::Parser;
+use kuiper_registry::config::ServiceConfig;
+use kuiper_registry::server::{self, StoreKind};
+
+#[derive(Debug, Parser)]
+#[command(name = "plugin-api", version, about = "eKuiper plugin registry API (AWS Lambda or local server)")]
+struct Cli {
+    #[command(flatten)]
+    config: ServiceConfig,
+}
+
+fn init_tracing(lambda: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if lambda {
+        builder.json().without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    init_tracing(lambda);
+    match run(cli.config, lambda).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plugin-api: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
+    let store = server::open_store(&config.store_url()?).await?;
+    let (app, location) = match store {
+        StoreKind::Local(s) => {
+            let loc = kuiper_registry::store::Store::location(&s);
+            (server::build_app(s, &config)?, loc)
+        }
+        StoreKind::S3(s) => {
+            let loc = kuiper_registry::store::Store::location(&s);
+            (server::build_app(s, &config)?, loc)
+        }
+    };
+    if lambda {
+        tracing::info!(store = %location, "serving AWS Lambda events");
+        return lambda_http::run(app).await.map_err(|e| e.to_string());
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The first line on stdout says where we listen (tests and scripts read it).
+    println!("plugin-api listening on http://{addr} (store: {location})");
+    server::serve_local(listener, app).await.map_err(|e| e.to_string())
+}

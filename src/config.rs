@@ -1,0 +1,121 @@
+//! Configuration of `plugin-api`: environment variables, each also a flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::fetch::FetchSettings;
+use crate::package::ZipLimits;
+use crate::registry::RegistrySettings;
+use crate::store::StoreUrl;
+
+/// Settings of the plugin API service.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceConfig {
+    /// Where plugins are stored: `s3://BUCKET[/PREFIX]`, `file:///abs/path` or a directory.
+    #[arg(long, env = "KUIPER_STORE", default_value = "./data")]
+    pub store: String,
+
+    /// Address of the local server (ignored under AWS Lambda).
+    #[arg(long, env = "KUIPER_LISTEN", default_value = "127.0.0.1:9081")]
+    pub listen: SocketAddr,
+
+    /// Directory `file://` plugin URLs may point into (local store only); unset refuses `file://`.
+    #[arg(long, env = "KUIPER_UPLOADS_DIR")]
+    pub uploads_dir: Option<PathBuf>,
+
+    /// Directory for downloads in progress (default: the system temporary directory).
+    #[arg(long, env = "KUIPER_TMP_DIR")]
+    pub tmp_dir: Option<PathBuf>,
+
+    /// Largest plugin zip downloaded, in bytes.
+    #[arg(long, env = "KUIPER_MAX_DOWNLOAD_BYTES", default_value_t = 256 << 20)]
+    pub max_download_bytes: u64,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "KUIPER_MAX_BODY_BYTES", default_value_t = 64 << 10)]
+    pub max_body_bytes: usize,
+
+    /// Most entries in a plugin zip.
+    #[arg(long, env = "KUIPER_MAX_ZIP_ENTRIES", default_value_t = 1000)]
+    pub max_zip_entries: usize,
+
+    /// Most bytes a plugin zip may decompress to (all entries together).
+    #[arg(long, env = "KUIPER_MAX_UNCOMPRESSED_BYTES", default_value_t = 1 << 30)]
+    pub max_uncompressed_bytes: u64,
+
+    /// Seconds to establish a connection (downloads and callbacks).
+    #[arg(long, env = "KUIPER_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+
+    /// Seconds for a whole download; keep it below the Lambda timeout.
+    #[arg(long, env = "KUIPER_DOWNLOAD_TIMEOUT_SECS", default_value_t = 25)]
+    pub download_timeout_secs: u64,
+
+    /// Seconds a download or callback may stall between two reads.
+    #[arg(long, env = "KUIPER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub read_timeout_secs: u64,
+
+    /// Seconds for a whole callback request.
+    #[arg(long, env = "KUIPER_CALLBACK_TIMEOUT_SECS", default_value_t = 10)]
+    pub callback_timeout_secs: u64,
+}
+
+impl ServiceConfig {
+    /// The parsed store location.
+    pub fn store_url(&self) -> Result<StoreUrl, String> {
+        StoreUrl::parse(&self.store)
+    }
+
+    /// Outbound request settings.
+    pub fn fetch_settings(&self) -> FetchSettings {
+        let local = matches!(self.store_url(), Ok(StoreUrl::Local(_)));
+        FetchSettings {
+            max_download_bytes: self.max_download_bytes,
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            download_timeout: Duration::from_secs(self.download_timeout_secs),
+            read_timeout: Duration::from_secs(self.read_timeout_secs),
+            callback_timeout: Duration::from_secs(self.callback_timeout_secs),
+            uploads_dir: self.uploads_dir.clone().filter(|_| local),
+        }
+    }
+
+    /// Registry settings.
+    pub fn registry_settings(&self) -> RegistrySettings {
+        let local = matches!(self.store_url(), Ok(StoreUrl::Local(_)));
+        RegistrySettings {
+            tmp_dir: self.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+            zip_limits: ZipLimits {
+                max_entries: self.max_zip_entries,
+                max_entry_bytes: self.max_uncompressed_bytes,
+                max_total_bytes: self.max_uncompressed_bytes,
+                ..ZipLimits::default()
+            },
+            allow_file_urls: local && self.uploads_dir.is_some(),
+            ..RegistrySettings::default()
+        }
+    }
+}
+
+#[derive(Debug, clap::Parser)]
+struct ArgsOnly {
+    #[command(flatten)]
+    config: ServiceConfig,
+}
+
+impl ServiceConfig {
+    /// Parses flags (the environment fills what they leave out), e.g.
+    /// `ServiceConfig::from_args(["--store", "/tmp/x"])`.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        let argv = std::iter::once(std::ffi::OsString::from("plugin-api"))
+            .chain(args.into_iter().map(Into::into));
+        ArgsOnly::try_parse_from(argv).map(|a| a.config)
+    }
+}

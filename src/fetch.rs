@@ -1,0 +1,264 @@
+//! Outbound HTTP: downloading plugin zips (streamed to a temporary file while
+//! hashed, under a size cap and timeouts) and calling callback URLs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use url::Url;
+
+/// Limits and policy for outbound requests.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// Largest download accepted, in bytes (checked while streaming).
+    pub max_download_bytes: u64,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time for a whole download, from request to last byte.
+    pub download_timeout: Duration,
+    /// Longest pause between two reads of a body.
+    pub read_timeout: Duration,
+    /// Time for a whole callback request.
+    pub callback_timeout: Duration,
+    /// Where `file://` downloads may come from; `None` refuses `file://`.
+    pub uploads_dir: Option<PathBuf>,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings {
+            max_download_bytes: 256 << 20,
+            connect_timeout: Duration::from_secs(10),
+            download_timeout: Duration::from_secs(25),
+            read_timeout: Duration::from_secs(10),
+            callback_timeout: Duration::from_secs(10),
+            uploads_dir: None,
+        }
+    }
+}
+
+/// A downloaded file, hashed on the way in.
+#[derive(Debug)]
+pub struct Download {
+    /// The temporary file; removed when dropped.
+    pub file: tempfile::NamedTempFile,
+    /// Hex SHA-256 of its content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Why a download failed. Shown to the user after `fail to download file {uri}: `.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The server answered, but not with success.
+    #[error("cannot download the file with status: {0}")]
+    Status(String),
+    /// Larger than the cap.
+    #[error("the file is larger than the download limit of {0} bytes (KUIPER_MAX_DOWNLOAD_BYTES)")]
+    TooLarge(u64),
+    /// The download did not finish in time.
+    #[error("timed out after {0} s")]
+    Timeout(u64),
+    /// Connection refused, reset, closed early, TLS failure, too many redirects...
+    #[error("{0}")]
+    Transport(String),
+    /// `file://` outside the allowed directory, or not allowed at all.
+    #[error("file access denied: {0}")]
+    FileAccess(String),
+    /// A local error while writing the temporary file.
+    #[error("cannot store the download locally: {0}")]
+    Local(String),
+}
+
+/// Outbound HTTP client for downloads and callbacks.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    settings: FetchSettings,
+}
+
+/// `err` and its sources, joined by `: `.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut src = err.source();
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+impl Fetcher {
+    /// Builds the client. TLS certificates are verified; at most 3 redirects.
+    pub fn new(settings: FetchSettings) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(settings.read_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("kuiper-registry/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))?;
+        Ok(Fetcher { client, settings })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
+    /// Downloads `url` into a temporary file in `tmp_dir`, hashing it.
+    pub async fn download(&self, url: &Url, tmp_dir: &Path) -> Result<Download, FetchError> {
+        let tmp = tempfile::Builder::new()
+            .prefix("download-")
+            .suffix(".zip")
+            .tempfile_in(tmp_dir)
+            .map_err(|e| FetchError::Local(e.to_string()))?;
+        match url.scheme() {
+            "file" => self.copy_upload(url, tmp).await,
+            _ => {
+                let secs = self.settings.download_timeout.as_secs();
+                match tokio::time::timeout(self.settings.download_timeout, self.http_download(url, tmp)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(FetchError::Timeout(secs)),
+                }
+            }
+        }
+    }
+
+    async fn http_download(&self, url: &Url, tmp: tempfile::NamedTempFile) -> Result<Download, FetchError> {
+        let limit = self.settings.max_download_bytes;
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                FetchError::Timeout(self.settings.read_timeout.as_secs())
+            } else if e.is_body() || e.is_decode() {
+                FetchError::Transport(format!(
+                    "the connection broke before the whole file arrived ({})",
+                    error_chain(&e)
+                ))
+            } else {
+                FetchError::Transport(error_chain(&e))
+            }
+        };
+        let mut resp = self.client.get(url.clone()).send().await.map_err(transport)?;
+        if !resp.status().is_success() {
+            return Err(FetchError::Status(resp.status().to_string()));
+        }
+        let announced = resp.content_length();
+        if announced.is_some_and(|n| n > limit) {
+            return Err(FetchError::TooLarge(limit));
+        }
+        let (std_file, path) = tmp.into_parts();
+        let mut file = tokio::fs::File::from_std(std_file);
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(FetchError::TooLarge(limit));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| FetchError::Local(e.to_string()))?;
+        }
+        if let Some(expected) = announced {
+            if expected != size {
+                return Err(FetchError::Transport(format!(
+                    "the server announced {expected} bytes but sent {size}"
+                )));
+            }
+        }
+        file.flush().await.map_err(|e| FetchError::Local(e.to_string()))?;
+        let std_file = file.into_std().await;
+        Ok(Download {
+            file: tempfile::NamedTempFile::from_parts(std_file, path),
+            sha256: hex::encode(hasher.finalize()),
+            size,
+        })
+    }
+
+    async fn copy_upload(&self, url: &Url, tmp: tempfile::NamedTempFile) -> Result<Download, FetchError> {
+        let Some(dir) = &self.settings.uploads_dir else {
+            return Err(FetchError::FileAccess(
+                "file:// URLs are only accepted with a local store and KUIPER_UPLOADS_DIR set".into(),
+            ));
+        };
+        let path = url
+            .to_file_path()
+            .map_err(|_| FetchError::FileAccess("not a local file path".into()))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| FetchError::FileAccess(format!("uploads directory unavailable: {e}")))?;
+        let real = path
+            .canonicalize()
+            .map_err(|e| FetchError::FileAccess(format!("{}: {e}", path.display())))?;
+        if !real.starts_with(&dir) {
+            return Err(FetchError::FileAccess(format!("path must be under {}", dir.display())));
+        }
+        let limit = self.settings.max_download_bytes;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let meta = std::fs::metadata(&real).map_err(|e| FetchError::FileAccess(e.to_string()))?;
+            if !meta.is_file() {
+                return Err(FetchError::FileAccess(format!("{} is not a regular file", real.display())));
+            }
+            if meta.len() > limit {
+                return Err(FetchError::TooLarge(limit));
+            }
+            let mut input = std::fs::File::open(&real).map_err(|e| FetchError::FileAccess(e.to_string()))?;
+            let mut out = tmp.as_file();
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut size = 0u64;
+            loop {
+                let n = input.read(&mut buf).map_err(|e| FetchError::Local(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                if size > limit {
+                    return Err(FetchError::TooLarge(limit));
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| FetchError::Local(e.to_string()))?;
+            }
+            Ok(Download {
+                file: tmp,
+                sha256: hex::encode(hasher.finalize()),
+                size,
+            })
+        })
+        .await
+        .map_err(|e| FetchError::Local(e.to_string()))?
+    }
+
+    /// Sends one `GET` to a callback URL; `Err` holds what went wrong
+    /// (`status 500 Internal Server Error`, or the transport error).
+    pub async fn callback(&self, url: &Url) -> Result<(), String> {
+        let resp = self
+            .client
+            .get(url.clone())
+            .timeout(self.settings.callback_timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    format!("GET {url}: timed out after {} s", self.settings.callback_timeout.as_secs())
+                } else {
+                    error_chain(&e)
+                }
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {}", resp.status()))
+        }
+    }
+}

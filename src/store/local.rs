@@ -1,0 +1,277 @@
+//! The local-directory backend: each key is a file under the root directory.
+//!
+//! Every write goes to a temporary file under `{root}/.tmp/` and is then renamed
+//! (or hard-linked, for create-only writes) into place, so readers never see a
+//! half-written object. Conditional writes and deletes are serialised by an
+//! advisory lock on `{root}/.lock`, which also holds across processes.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::{Condition, ETag, Listed, Object, Store, StoreError};
+
+const TMP_DIR: &str = ".tmp";
+const LOCK_FILE: &str = ".lock";
+
+/// A store in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(root.join(TMP_DIR)).map_err(|e| {
+            StoreError::Other(format!("cannot create store directory {}: {e}", root.display()))
+        })?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| StoreError::Other(format!("cannot open store directory {}: {e}", root.display())))?;
+        Ok(LocalStore {
+            root,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let ok = !key.is_empty()
+            && !key.starts_with('/')
+            && !key.starts_with('.')
+            && key.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+            && !key.contains('\\');
+        if !ok {
+            return Err(StoreError::Other(format!("invalid key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        tempfile::Builder::new()
+            .prefix("obj-")
+            .tempfile_in(self.root.join(TMP_DIR))
+            .map_err(io_err)
+    }
+
+    /// Runs `f` while holding the store's write lock (in-process and across processes).
+    async fn locked<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _guard = self.lock.lock().await;
+        let lock_path = self.root.join(LOCK_FILE);
+        blocking(move || {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(io_err)?;
+            file.lock().map_err(io_err)?;
+            let result = f();
+            let _ = file.unlock();
+            result
+        })
+        .await
+    }
+}
+
+fn io_err(e: io::Error) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(format!("storage task failed: {e}")))?
+}
+
+fn etag_of(bytes: &[u8]) -> ETag {
+    ETag(hex::encode(&Sha256::digest(bytes)[..16]))
+}
+
+fn read_current(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+fn ensure_parent(path: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+impl Store for LocalStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let tmp = self.temp_file()?;
+        let mut file = tmp.as_file();
+        file.write_all(b"probe")
+            .and_then(|_| file.sync_all())
+            .map_err(|e| {
+                StoreError::Other(format!("store directory {} is not writable: {e}", self.root.display()))
+            })?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let path = self.path(key)?;
+        blocking(move || {
+            Ok(read_current(&path)?.map(|b| Object {
+                etag: etag_of(&b),
+                body: Bytes::from(b),
+            }))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let mut tmp = self.temp_file()?;
+        tmp.write_all(&body).map_err(io_err)?;
+        tmp.as_file().sync_all().map_err(io_err)?;
+        let install = move || -> Result<(), StoreError> {
+            ensure_parent(&path)?;
+            match condition {
+                Condition::None => {
+                    tmp.persist(&path).map_err(|e| io_err(e.error))?;
+                }
+                Condition::IfNoneMatch => match fs::hard_link(tmp.path(), &path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(StoreError::PreconditionFailed)
+                    }
+                    Err(e) => return Err(io_err(e)),
+                },
+                Condition::IfMatch(expected) => match read_current(&path)? {
+                    Some(current) if etag_of(&current) == expected => {
+                        tmp.persist(&path).map_err(|e| io_err(e.error))?;
+                    }
+                    _ => return Err(StoreError::PreconditionFailed),
+                },
+            }
+            Ok(())
+        };
+        self.locked(install).await
+    }
+
+    async fn put_file(&self, key: &str, src: &Path) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let tmp = self.temp_file()?;
+        let src = src.to_path_buf();
+        blocking(move || {
+            let mut out = tmp.as_file();
+            let mut input = File::open(&src).map_err(io_err)?;
+            io::copy(&mut input, &mut out).map_err(io_err)?;
+            out.sync_all().map_err(io_err)?;
+            ensure_parent(&path)?;
+            tmp.persist(&path).map_err(|e| io_err(e.error))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        let dest = dest.to_path_buf();
+        blocking(move || {
+            let mut input = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err(e)),
+            };
+            let mut out = File::create(&dest).map_err(io_err)?;
+            io::copy(&mut input, &mut out).map_err(io_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        blocking(move || path.try_exists().map_err(io_err)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        self.locked(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(e)),
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            // Walk the deepest directory the prefix names, then filter by the rest.
+            let dir_part = match prefix.rfind('/') {
+                Some(i) => &prefix[..i],
+                None => "",
+            };
+            let start = if dir_part.is_empty() { root.clone() } else { root.join(dir_part) };
+            let mut out = Vec::new();
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io_err)?;
+                    let path = entry.path();
+                    let rel = match path.strip_prefix(&root).ok().and_then(|p| p.to_str()) {
+                        Some(r) => r.to_string(),
+                        None => continue,
+                    };
+                    if rel.starts_with('.') {
+                        continue;
+                    }
+                    let meta = entry.metadata().map_err(io_err)?;
+                    if meta.is_dir() {
+                        stack.push(path);
+                    } else if meta.is_file() && rel.starts_with(&prefix) {
+                        let modified = meta
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_secs());
+                        out.push(Listed {
+                            key: rel,
+                            size: meta.len(),
+                            modified,
+                        });
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+}

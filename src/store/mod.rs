@@ -1,0 +1,228 @@
+//! Storage: the one narrow [`Store`] trait the registry and the nodes use, the
+//! key layout of the bucket (documented in `docs/storage.md`), and the store
+//! URL that picks a backend.
+//!
+//! Backends: [`local::LocalStore`] (a directory) and [`s3::S3Store`] (AWS S3,
+//! MinIO or any S3-compatible server). Both pass the same conformance tests.
+
+pub mod local;
+pub mod s3;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::package::PluginType;
+
+/// An object's entity tag, as the backend reports it (opaque).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ETag(pub String);
+
+/// A small object read whole, with its entity tag.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// The object's bytes.
+    pub body: Bytes,
+    /// Its entity tag, for a later [`Condition::IfMatch`].
+    pub etag: ETag,
+}
+
+/// A key returned by [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The full key (without the store's own prefix).
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, seconds since the Unix epoch.
+    pub modified: u64,
+}
+
+/// The precondition of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Write whatever is there.
+    None,
+    /// Create only: fail with [`StoreError::PreconditionFailed`] when the key exists.
+    IfNoneMatch,
+    /// Compare and swap: fail unless the key exists with this entity tag.
+    IfMatch(ETag),
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write's [`Condition`] did not hold.
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// The backend could not be reached or answered with a server error; retrying may help.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (access denied, misconfiguration, local I/O error).
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+/// The storage operations the registry and the nodes need, and nothing more.
+///
+/// Keys are `/`-separated relative paths built by [`keys`]. Implementations
+/// must make conditional writes atomic: of two concurrent create-only writes to
+/// one key, exactly one succeeds.
+pub trait Store: Send + Sync + 'static {
+    /// A human-readable location, e.g. `s3://bucket/prefix` or `/var/lib/kuiper`.
+    fn location(&self) -> String;
+
+    /// Checks that the store is usable (exists, reachable, writable).
+    fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads a small object whole; `None` when absent.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
+
+    /// Writes a small object under a precondition.
+    fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Uploads a (possibly large) file, streaming it; unconditional.
+    fn put_file(&self, key: &str, path: &Path)
+        -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Downloads an object into `dest` (created or truncated), streaming it.
+    /// Returns `false` when the key is absent.
+    fn get_to_file(
+        &self,
+        key: &str,
+        dest: &Path,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Whether the key exists.
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes a key; deleting an absent key succeeds.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every key under `prefix` (which ends in `/`), in lexicographic order.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
+}
+
+/// The bucket layout. `docs/storage.md` describes it for operators and nodes.
+pub mod keys {
+    use super::PluginType;
+
+    /// Prefix of all plugin metadata objects of one type: `plugins/{type}/`.
+    pub fn plugins_prefix(ty: PluginType) -> String {
+        format!("plugins/{}/", ty.as_str())
+    }
+
+    /// A plugin's metadata, the commit point of a create: `plugins/{type}/{name}.json`.
+    pub fn plugin(ty: PluginType, name: &str) -> String {
+        format!("plugins/{}/{name}.json", ty.as_str())
+    }
+
+    /// The name in a metadata key listed under [`plugins_prefix`].
+    pub fn plugin_name<'a>(ty: PluginType, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix("plugins/")?
+            .strip_prefix(ty.as_str())?
+            .strip_prefix('/')?
+            .strip_suffix(".json")
+            .filter(|n| !n.contains('/'))
+    }
+
+    /// Prefix of all stored zips: `blobs/sha256/`.
+    pub const BLOBS_PREFIX: &str = "blobs/sha256/";
+
+    /// A zip, content-addressed: `blobs/sha256/{hex}.zip`.
+    pub fn blob(sha256_hex: &str) -> String {
+        format!("{BLOBS_PREFIX}{sha256_hex}.zip")
+    }
+
+    /// Prefix of the function-name claims: `udfs/`.
+    pub const UDFS_PREFIX: &str = "udfs/";
+
+    /// The claim that makes a function name unique: `udfs/{function}.json`.
+    pub fn udf(function: &str) -> String {
+        format!("{UDFS_PREFIX}{function}.json")
+    }
+}
+
+/// Where the store is, as given by `KUIPER_STORE` or `--store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `s3://BUCKET[/PREFIX]`
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix without leading or trailing `/` (may be empty).
+        prefix: String,
+    },
+    /// `file:///abs/path` or a plain path.
+    Local(PathBuf),
+}
+
+impl StoreUrl {
+    /// Parses `s3://bucket[/prefix]`, `file:///abs/path` or a plain path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("invalid store {s:?}: the bucket name is missing (s3://BUCKET[/PREFIX])"));
+            }
+            let prefix = prefix.trim_matches('/').to_string();
+            return Ok(StoreUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            });
+        }
+        if s.starts_with("file://") {
+            let url = url::Url::parse(s).map_err(|e| format!("invalid store {s:?}: {e}"))?;
+            if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+                return Err(format!("invalid store {s:?}: file URLs must not name a host (file:///abs/path)"));
+            }
+            let path = url
+                .to_file_path()
+                .map_err(|_| format!("invalid store {s:?}: not an absolute file path"))?;
+            return Ok(StoreUrl::Local(path));
+        }
+        if s.contains("://") {
+            return Err(format!("invalid store {s:?}: use s3://BUCKET[/PREFIX], file:///abs/path or a directory path"));
+        }
+        if s.is_empty() {
+            return Err("invalid store \"\": give s3://BUCKET[/PREFIX] or a directory".into());
+        }
+        Ok(StoreUrl::Local(PathBuf::from(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            StoreUrl::parse("s3://b/p/q/").unwrap(),
+            StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into() }
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://b").unwrap(),
+            StoreUrl::S3 { bucket: "b".into(), prefix: String::new() }
+        );
+        assert_eq!(StoreUrl::parse("file:///tmp/x").unwrap(), StoreUrl::Local("/tmp/x".into()));
+        assert_eq!(StoreUrl::parse("./data").unwrap(), StoreUrl::Local("./data".into()));
+        assert!(StoreUrl::parse("s3://").is_err());
+        assert!(StoreUrl::parse("gs://x").is_err());
+        assert!(StoreUrl::parse("file://host/x").is_err());
+    }
+
+    #[test]
+    fn plugin_keys_round_trip() {
+        let k = keys::plugin(PluginType::Sink, "file2");
+        assert_eq!(k, "plugins/sinks/file2.json");
+        assert_eq!(keys::plugin_name(PluginType::Sink, &k), Some("file2"));
+        assert_eq!(keys::plugin_name(PluginType::Source, &k), None);
+    }
+}

@@ -1,0 +1,308 @@
+//! The S3 backend (`aws-sdk-s3`): AWS S3, MinIO and other S3-compatible servers.
+//!
+//! Create-only writes send `If-None-Match: *`, compare-and-swap writes send
+//! `If-Match: <etag>`; both are atomic on AWS S3 and MinIO. With a custom
+//! endpoint the client uses path-style addressing, and checksums are only sent
+//! or checked where the API requires them, so servers without the newest
+//! checksum headers still work.
+
+use std::path::Path;
+
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::{Condition, ETag, Listed, Object, Store, StoreError};
+
+/// How to reach the bucket. Unset fields come from the standard AWS
+/// environment (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL_S3`, ...).
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`.
+    pub prefix: String,
+    /// Custom endpoint (MinIO, a test server); implies path-style addressing.
+    pub endpoint: Option<String>,
+    /// Region; `us-east-1` when neither this nor the environment gives one.
+    pub region: Option<String>,
+    /// Static access key id and secret.
+    pub credentials: Option<(String, String)>,
+}
+
+/// A store in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Store {
+    /// Builds the client from the environment plus `settings`.
+    pub async fn new(settings: S3Settings) -> Self {
+        let mut loader = aws_config::from_env();
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        if let Some((ak, sk)) = &settings.credentials {
+            loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
+        }
+        let shared = loader.load().await;
+        let custom_endpoint = settings.endpoint.is_some()
+            || shared.endpoint_url().is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if shared.region().is_none() {
+            builder = builder.region(Region::new("us-east-1"));
+        }
+        if custom_endpoint {
+            builder = builder.force_path_style(true);
+        }
+        S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket: settings.bucket,
+            prefix: settings.prefix,
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn unprefix<'a>(&self, key: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(key)
+        } else {
+            key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+        }
+    }
+}
+
+/// The HTTP status of a failed call, when the server answered.
+fn status<E, R: HasStatus>(e: &SdkError<E, R>) -> Option<u16> {
+    e.raw_response().map(HasStatus::status_code)
+}
+
+trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// Maps an SDK failure: 412 and 409 to a failed precondition, no answer or 5xx to
+/// unavailable, anything else to an error naming the server's code.
+fn map_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    op: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError {
+    match status(&e) {
+        Some(412) | Some(409) => StoreError::PreconditionFailed,
+        Some(s) if s >= 500 => StoreError::Unavailable(format!("{op}: server answered {s}")),
+        Some(s) => {
+            let code = e.code().unwrap_or("unknown").to_string();
+            let msg = e.message().unwrap_or_default().to_string();
+            StoreError::Other(format!("{op}: {s} {code} {msg}").trim_end().to_string())
+        }
+        None => StoreError::Unavailable(format!("{op}: {}", error_chain(&e))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+impl Store for S3Store {
+    fn location(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match status(&e) {
+                Some(404) => StoreError::Other(format!("bucket {} does not exist", self.bucket)),
+                Some(301) => StoreError::Other(format!(
+                    "bucket {} is in another region: set AWS_REGION to the bucket's region",
+                    self.bucket
+                )),
+                Some(400) | Some(401) | Some(403) => StoreError::Other(format!(
+                    "access to bucket {} denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy",
+                    self.bucket
+                )),
+                _ => map_err("head bucket", e),
+            }),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if status(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(map_err("get object", e)),
+        };
+        let etag = ETag(out.e_tag().unwrap_or_default().to_string());
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("get object body: {e}")))?
+            .into_bytes();
+        Ok(Some(Object { body, etag }))
+    }
+
+    async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        req = match condition {
+            Condition::None => req,
+            Condition::IfNoneMatch => req.if_none_match("*"),
+            Condition::IfMatch(ETag(etag)) => req.if_match(etag),
+        };
+        req.send().await.map_err(|e| map_err("put object", e))?;
+        Ok(())
+    }
+
+    async fn put_file(&self, key: &str, path: &Path) -> Result<(), StoreError> {
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StoreError::Other(format!("read {}: {e}", path.display())))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .content_type("application/zip")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| map_err("put object", e))?;
+        Ok(())
+    }
+
+    async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if status(&e) == Some(404) => return Ok(false),
+            Err(e) => return Err(map_err("get object", e)),
+        };
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| StoreError::Other(format!("create {}: {e}", dest.display())))?;
+        let mut body = out.body;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("get object body: {e}")))?
+        {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| StoreError::Other(format!("write {}: {e}", dest.display())))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| StoreError::Other(format!("write {}: {e}", dest.display())))?;
+        Ok(true)
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(map_err("head object", e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(map_err("delete object", e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.key(prefix))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_err("list objects", e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key().and_then(|k| self.unprefix(k)) else {
+                    continue;
+                };
+                out.push(Listed {
+                    key: key.to_string(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    modified: obj.last_modified().map_or(0, |t| t.secs().max(0) as u64),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}

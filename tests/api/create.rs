@@ -1,0 +1,140 @@
+//! Create, list and describe.
+
+use serde_json::json;
+
+use crate::common::{plugin_zip, TestEnv};
+
+both_stores!(
+    create_lists_and_describes,
+    create_versioned_source,
+    create_duplicate_is_refused,
+    list_is_sorted_and_empty_when_none,
+    describe_unknown_is_404,
+    unknown_type_is_404,
+    create_stores_zip_content_addressed,
+);
+
+async fn create_lists_and_describes(env: TestEnv) {
+    let url = env.serve_plugin("sources", "random2").await;
+    let r = env
+        .post("/plugins/sources", json!({"name": "random2", "file": url}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body, "sources plugin random2 is created");
+    assert!(r.content_type.starts_with("text/plain"), "{}", r.content_type);
+
+    assert_eq!(env.list("sources").await, vec!["random2"]);
+    assert!(env.list("sinks").await.is_empty());
+
+    let d = env.get("/plugins/sources/random2").await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let v = d.json();
+    assert_eq!(v["name"], "random2");
+    assert_eq!(v["version"], "");
+    assert_eq!(v["type"], "sources");
+    assert_eq!(v["arch"], kuiper_registry::package::host_arch());
+    assert_eq!(v["soFile"], "Random2.so");
+    assert_eq!(v["source"], url);
+    let zip = plugin_zip("sources", "random2", "Random2.so");
+    assert_eq!(v["size"], zip.len() as u64);
+    use sha2::Digest;
+    assert_eq!(v["sha256"], hex::encode(sha2::Sha256::digest(&zip)));
+    assert!(v["created"].as_str().unwrap().ends_with('Z'));
+    assert!(v.get("functions").is_none(), "sources have no functions: {v}");
+}
+
+async fn create_versioned_source(env: TestEnv) {
+    let zip = plugin_zip("sources", "random3", "Random3@v1.0.0.so");
+    let url = env.files.serve("/sources/random3.zip", zip).await;
+    let r = env
+        .post("/plugins/sources", json!({"name": "random3", "file": url}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = env.get("/plugins/sources/random3").await.json();
+    assert_eq!(v["version"], "1.0.0");
+    assert_eq!(v["soFile"], "Random3@v1.0.0.so");
+
+    // Lower-case library names are accepted too (reference C8).
+    let url = env
+        .files
+        .serve("/sinks/file2.zip", plugin_zip("sinks", "file2", "file2.so"))
+        .await;
+    let r = env.post("/plugins/sinks", json!({"name": "file2", "file": url})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(env.get("/plugins/sinks/file2").await.json()["soFile"], "file2.so");
+}
+
+async fn create_duplicate_is_refused(env: TestEnv) {
+    env.create_ok("functions", "echo2").await;
+    let hits_before = env.files.hits("/functions/echo2.zip").await;
+    let url = env.files.url("/functions/echo2.zip");
+    let r = env
+        .post("/plugins/functions", json!({"name": "echo2", "file": url}))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.error_message(),
+        "functions plugins create command error: invalid name echo2: duplicate"
+    );
+    // The duplicate is caught before anything is downloaded.
+    assert_eq!(env.files.hits("/functions/echo2.zip").await, hits_before);
+    // The same name in another type is a different plugin.
+    env.create_ok("sinks", "echo2").await;
+}
+
+async fn list_is_sorted_and_empty_when_none(env: TestEnv) {
+    let r = env.get("/plugins/sinks").await;
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("application/json"));
+    assert_eq!(r.body, "[]");
+    for n in ["zeta", "alpha", "Mid", "beta_2", "beta-1"] {
+        env.create_ok("sinks", n).await;
+    }
+    assert_eq!(env.list("sinks").await, vec!["Mid", "alpha", "beta-1", "beta_2", "zeta"]);
+}
+
+async fn describe_unknown_is_404(env: TestEnv) {
+    let r = env.get("/plugins/functions/echo20").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], 1002);
+    assert_eq!(
+        r.error_message(),
+        "describe functions plugin echo20 error: not found"
+    );
+}
+
+async fn unknown_type_is_404(env: TestEnv) {
+    for (method, path) in [
+        ("GET", "/plugins/widgets"),
+        ("POST", "/plugins/widgets"),
+        ("GET", "/plugins/widgets/a"),
+        ("DELETE", "/plugins/widgets/a"),
+        ("PUT", "/plugins/widgets/a"),
+    ] {
+        let body = (method == "POST" || method == "PUT").then(|| json!({"name":"a","file":"http://h/a.zip"}).to_string());
+        let r = env.request(method.parse().unwrap(), path, body).await;
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+        assert!(r.error_message().contains("unknown plugin type widgets"), "{}", r.body);
+    }
+    let r = env.get("/nope").await;
+    assert_eq!(r.status, 404);
+    r.error_message();
+    let r = env.request(reqwest::Method::PATCH, "/plugins/sources", None).await;
+    assert_eq!(r.status, 405);
+    r.error_message();
+}
+
+async fn create_stores_zip_content_addressed(env: TestEnv) {
+    env.create_ok("sinks", "a1").await;
+    // Same bytes under another name: one blob.
+    let url = env
+        .files
+        .serve("/other.zip", plugin_zip("sinks", "a1", "A1.so"))
+        .await;
+    let r = env.post("/plugins/functions", json!({"name": "a1", "file": url})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let blobs = env.stored_blobs();
+    assert_eq!(blobs.len(), 1, "identical zips are stored once: {blobs:?}");
+    let d = env.get("/plugins/sinks/a1").await.json();
+    assert!(blobs[0].ends_with(&format!("blobs/sha256/{}.zip", d["sha256"].as_str().unwrap())));
+}

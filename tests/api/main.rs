@@ -1,0 +1,16 @@
+//! Black-box tests of the plugin REST API: the real router served on
+//! 127.0.0.1:0, over the local store and over a real S3-protocol server,
+//! downloading real zips of real `.so` files from a wiremock file host.
+
+#[macro_use]
+mod common;
+
+mod callbacks;
+mod create;
+mod delete;
+mod functions;
+mod persistence;
+mod races;
+mod reference;
+mod update;
+mod validation;

@@ -1,0 +1,51 @@
+//! Concurrent creates of one name: exactly one wins, and what is stored is the winner's.
+
+use serde_json::json;
+
+use crate::common::TestEnv;
+
+both_stores!(concurrent_creates_one_winner);
+
+async fn concurrent_creates_one_winner(env: TestEnv) {
+    const N: usize = 10;
+    let mut urls = Vec::new();
+    for i in 0..N {
+        // Different zips (the yaml differs), so each racer's content is recognisable.
+        let zip = kuiper_harness::zips::ZipBuilder::new()
+            .file("Racer.so", crate::common::real_so("sources"))
+            .file("racer.yaml", format!("racer: {i}\n"))
+            .build();
+        urls.push(env.files.serve(&format!("/race/{i}.zip"), zip).await);
+    }
+    let mut tasks = Vec::new();
+    for url in &urls {
+        let (http, base, url) = (env.http.clone(), env.base.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/plugins/sources"))
+                .header("content-type", "application/json")
+                .body(json!({"name": "racer", "file": url}).to_string())
+                .send()
+                .await
+                .unwrap();
+            (url, r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (url, status, body) = t.await.unwrap();
+        match status {
+            201 => winners.push(url),
+            400 => assert!(body.contains("invalid name racer: duplicate"), "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create wins: {winners:?}");
+    let d = env.get("/plugins/sources/racer").await.json();
+    assert_eq!(d["source"], winners[0], "the stored metadata is the winner's");
+    let blob = env.objects_dir().join(
+        env.stored_blobs().into_iter().find(|b| b.contains(d["sha256"].as_str().unwrap())).expect("winner's zip stored"),
+    );
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(std::fs::read(blob).unwrap())), d["sha256"].as_str().unwrap());
+}
