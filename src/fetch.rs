@@ -124,7 +124,12 @@ impl Fetcher {
             "file" => self.copy_upload(url, tmp).await,
             _ => {
                 let secs = self.settings.download_timeout.as_secs();
-                match tokio::time::timeout(self.settings.download_timeout, self.http_download(url, tmp)).await {
+                match tokio::time::timeout(
+                    self.settings.download_timeout,
+                    self.http_download(url, tmp),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(_) => Err(FetchError::Timeout(secs)),
                 }
@@ -132,7 +137,11 @@ impl Fetcher {
         }
     }
 
-    async fn http_download(&self, url: &Url, tmp: tempfile::NamedTempFile) -> Result<Download, FetchError> {
+    async fn http_download(
+        &self,
+        url: &Url,
+        tmp: tempfile::NamedTempFile,
+    ) -> Result<Download, FetchError> {
         let limit = self.settings.max_download_bytes;
         let transport = |e: reqwest::Error| {
             if e.is_timeout() {
@@ -146,7 +155,12 @@ impl Fetcher {
                 FetchError::Transport(error_chain(&e))
             }
         };
-        let mut resp = self.client.get(url.clone()).send().await.map_err(transport)?;
+        let mut resp = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(transport)?;
         if !resp.status().is_success() {
             return Err(FetchError::Status(resp.status().to_string()));
         }
@@ -175,7 +189,9 @@ impl Fetcher {
                 )));
             }
         }
-        file.flush().await.map_err(|e| FetchError::Local(e.to_string()))?;
+        file.flush()
+            .await
+            .map_err(|e| FetchError::Local(e.to_string()))?;
         let std_file = file.into_std().await;
         Ok(Download {
             file: tempfile::NamedTempFile::from_parts(std_file, path),
@@ -184,10 +200,15 @@ impl Fetcher {
         })
     }
 
-    async fn copy_upload(&self, url: &Url, tmp: tempfile::NamedTempFile) -> Result<Download, FetchError> {
+    async fn copy_upload(
+        &self,
+        url: &Url,
+        tmp: tempfile::NamedTempFile,
+    ) -> Result<Download, FetchError> {
         let Some(dir) = &self.settings.uploads_dir else {
             return Err(FetchError::FileAccess(
-                "file:// URLs are only accepted with a local store and KUIPER_UPLOADS_DIR set".into(),
+                "file:// URLs are only accepted with a local store and KUIPER_UPLOADS_DIR set"
+                    .into(),
             ));
         };
         let path = url
@@ -200,25 +221,35 @@ impl Fetcher {
             .canonicalize()
             .map_err(|e| FetchError::FileAccess(format!("{}: {e}", path.display())))?;
         if !real.starts_with(&dir) {
-            return Err(FetchError::FileAccess(format!("path must be under {}", dir.display())));
+            return Err(FetchError::FileAccess(format!(
+                "path must be under {}",
+                dir.display()
+            )));
         }
         let limit = self.settings.max_download_bytes;
         tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
-            let meta = std::fs::metadata(&real).map_err(|e| FetchError::FileAccess(e.to_string()))?;
+            let meta =
+                std::fs::metadata(&real).map_err(|e| FetchError::FileAccess(e.to_string()))?;
             if !meta.is_file() {
-                return Err(FetchError::FileAccess(format!("{} is not a regular file", real.display())));
+                return Err(FetchError::FileAccess(format!(
+                    "{} is not a regular file",
+                    real.display()
+                )));
             }
             if meta.len() > limit {
                 return Err(FetchError::TooLarge(limit));
             }
-            let mut input = std::fs::File::open(&real).map_err(|e| FetchError::FileAccess(e.to_string()))?;
+            let mut input =
+                std::fs::File::open(&real).map_err(|e| FetchError::FileAccess(e.to_string()))?;
             let mut out = tmp.as_file();
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 64 * 1024];
             let mut size = 0u64;
             loop {
-                let n = input.read(&mut buf).map_err(|e| FetchError::Local(e.to_string()))?;
+                let n = input
+                    .read(&mut buf)
+                    .map_err(|e| FetchError::Local(e.to_string()))?;
                 if n == 0 {
                     break;
                 }
@@ -227,7 +258,8 @@ impl Fetcher {
                     return Err(FetchError::TooLarge(limit));
                 }
                 hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).map_err(|e| FetchError::Local(e.to_string()))?;
+                out.write_all(&buf[..n])
+                    .map_err(|e| FetchError::Local(e.to_string()))?;
             }
             Ok(Download {
                 file: tmp,
@@ -250,7 +282,10 @@ impl Fetcher {
             .await
             .map_err(|e| {
                 if e.is_timeout() {
-                    format!("GET {url}: timed out after {} s", self.settings.callback_timeout.as_secs())
+                    format!(
+                        "GET {url}: timed out after {} s",
+                        self.settings.callback_timeout.as_secs()
+                    )
                 } else {
                     error_chain(&e)
                 }

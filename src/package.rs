@@ -178,7 +178,9 @@ pub enum PackageError {
         reason: &'static str,
     },
     /// The same name twice (compared without case, as case-insensitive file systems would).
-    #[error("invalid zip file: entry {0:?} appears more than once (names are compared without case)")]
+    #[error(
+        "invalid zip file: entry {0:?} appears more than once (names are compared without case)"
+    )]
     DuplicateEntry(String),
     /// The central directory names one entry more than once.
     #[error("invalid zip file: the same entry name appears more than once")]
@@ -325,7 +327,9 @@ pub fn inspect_zip<R: Read + Seek>(
     let mut total: u64 = 0;
 
     for i in 0..zip.len() {
-        let raw = zip.by_index_raw(i).map_err(|e| PackageError::NotAZip(e.to_string()))?;
+        let raw = zip
+            .by_index_raw(i)
+            .map_err(|e| PackageError::NotAZip(e.to_string()))?;
         let entry = match std::str::from_utf8(raw.name_raw()) {
             Ok(s) => s.to_string(),
             Err(_) => {
@@ -400,9 +404,10 @@ pub fn inspect_zip<R: Read + Seek>(
     let (so_file, version) = match libraries.len() {
         1 => libraries.pop().expect("one library"),
         0 => {
-            let nested = names_in_zip
-                .iter()
-                .any(|n| n.contains('/') && n.ends_with(&format!("/{upper}.so")) || n.ends_with(&format!("/{name}.so")));
+            let nested = names_in_zip.iter().any(|n| {
+                n.contains('/') && n.ends_with(&format!("/{upper}.so"))
+                    || n.ends_with(&format!("/{name}.so"))
+            });
             let hint = if nested {
                 " (files must be at the root of the zip, not in a folder)"
             } else {
@@ -530,7 +535,9 @@ pub fn check_elf(data: &[u8]) -> Result<String, String> {
 
 fn elf_arch<H: FileHeader<Endian = object::Endianness>>(data: &[u8]) -> Result<String, String> {
     let header = H::parse(data).map_err(|e| format!("bad ELF header: {e}"))?;
-    let endian = header.endian().map_err(|e| format!("bad ELF header: {e}"))?;
+    let endian = header
+        .endian()
+        .map_err(|e| format!("bad ELF header: {e}"))?;
     if header.e_type(endian) != object::elf::ET_DYN {
         return Err(format!(
             "ELF type is {}, not a shared object (ET_DYN); build it as a shared library (cdylib, -buildmode=plugin or -shared)",
@@ -593,7 +600,9 @@ mod tests {
         for ok in ["abc", "ABC", "123", "1-2", "valid_id_123", "a-"] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "1/2", "1#2", "1%2", "1.2", "\t123", "123\t", " a", "-abc", "../x", "é"] {
+        for bad in [
+            "", "1/2", "1#2", "1%2", "1.2", "\t123", "123\t", " a", "-abc", "../x", "é",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_name(&"a".repeat(128)).is_ok());
@@ -604,8 +613,14 @@ mod tests {
     fn library_names() {
         assert_eq!(match_library("random", "Random.so"), Some(String::new()));
         assert_eq!(match_library("random", "random.so"), Some(String::new()));
-        assert_eq!(match_library("random3", "Random3@v1.0.0.so"), Some("1.0.0".into()));
-        assert_eq!(match_library("my", "My@20200331.so"), Some("20200331".into()));
+        assert_eq!(
+            match_library("random3", "Random3@v1.0.0.so"),
+            Some("1.0.0".into())
+        );
+        assert_eq!(
+            match_library("my", "My@20200331.so"),
+            Some("20200331".into())
+        );
         assert_eq!(match_library("random", "Random2.so"), None);
         assert_eq!(match_library("random", "Random@.so"), None);
         assert_eq!(match_library("random", "Random@v1/x.so"), None);
@@ -616,7 +631,16 @@ mod tests {
     fn entry_names() {
         assert!(check_entry_name("etc/a/b.txt").is_ok());
         assert!(check_entry_name("etc/").is_ok());
-        for bad in ["/abs.so", "../evil.so", "a/../../x", "a\\..\\x", "C:/x", "a//b", "./a", "a\0b"] {
+        for bad in [
+            "/abs.so",
+            "../evil.so",
+            "a/../../x",
+            "a\\..\\x",
+            "C:/x",
+            "a//b",
+            "./a",
+            "a\0b",
+        ] {
             assert!(check_entry_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -266,9 +266,12 @@ impl<S: Store> Registry<S> {
             reason: reason.to_string(),
         };
         if file.trim().is_empty() {
-            return Err(bad("the file URL is empty; give the http(s) URL of the plugin zip"));
+            return Err(bad(
+                "the file URL is empty; give the http(s) URL of the plugin zip",
+            ));
         }
-        let url = Url::parse(file).map_err(|e| bad(&format!("{e}; give the http(s) URL of the plugin zip")))?;
+        let url = Url::parse(file)
+            .map_err(|e| bad(&format!("{e}; give the http(s) URL of the plugin zip")))?;
         match url.scheme() {
             "http" | "https" => {
                 if url.host_str().is_none_or(str::is_empty) {
@@ -282,7 +285,9 @@ impl<S: Store> Registry<S> {
                     ));
                 }
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
-                    return Err(bad("file:// URLs must not name a host (file:///abs/path.zip)"));
+                    return Err(bad(
+                        "file:// URLs must not name a host (file:///abs/path.zip)",
+                    ));
                 }
             }
             _ => return Err(bad("only http and https URLs are accepted")),
@@ -307,7 +312,13 @@ impl<S: Store> Registry<S> {
     }
 
     /// Downloads, checks and stores the zip; nothing is visible yet.
-    async fn stage(&self, ty: PluginType, name: &str, url: &Url, shell_paras: &[String]) -> Result<Staged> {
+    async fn stage(
+        &self,
+        ty: PluginType,
+        name: &str,
+        url: &Url,
+        shell_paras: &[String],
+    ) -> Result<Staged> {
         let download = self
             .fetcher
             .download(url, &self.settings.tmp_dir)
@@ -339,7 +350,15 @@ impl<S: Store> Registry<S> {
         })
     }
 
-    fn meta_from(ty: PluginType, name: &str, id: String, staged: Staged, functions: Option<Vec<String>>, shell_paras: Vec<String>, created: String) -> PluginMeta {
+    fn meta_from(
+        ty: PluginType,
+        name: &str,
+        id: String,
+        staged: Staged,
+        functions: Option<Vec<String>>,
+        shell_paras: Vec<String>,
+        created: String,
+    ) -> PluginMeta {
         PluginMeta {
             name: name.to_string(),
             version: staged.info.version,
@@ -421,7 +440,15 @@ impl<S: Store> Registry<S> {
             None => Vec::new(),
         };
         let now = now_rfc3339();
-        let meta = Self::meta_from(ty, name, id.clone(), staged, functions, req.shell_paras, now);
+        let meta = Self::meta_from(
+            ty,
+            name,
+            id.clone(),
+            staged,
+            functions,
+            req.shell_paras,
+            now,
+        );
         let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serialises"));
         match self
             .store
@@ -456,7 +483,9 @@ impl<S: Store> Registry<S> {
         let callback = parse_callback(req.callback.as_deref())?;
         if let Some(list) = req.functions.as_ref().filter(|l| !l.is_empty()) {
             if ty != PluginType::Function {
-                return Err(RegistryError::InvalidInput(format!("functions are only allowed for function plugins, not {ty}")));
+                return Err(RegistryError::InvalidInput(format!(
+                    "functions are only allowed for function plugins, not {ty}"
+                )));
             }
             Self::check_functions(list)?;
         }
@@ -475,7 +504,15 @@ impl<S: Store> Registry<S> {
             _ => None,
         };
         self.swap_meta(&current, obj, functions, |old, functions| {
-            Self::meta_from(ty, name, old.id.clone(), staged, functions, req.shell_paras, old.created.clone())
+            Self::meta_from(
+                ty,
+                name,
+                old.id.clone(),
+                staged,
+                functions,
+                req.shell_paras,
+                old.created.clone(),
+            )
         })
         .await?;
         tracing::info!(plugin_type = %ty, name, "plugin updated");
@@ -499,7 +536,11 @@ impl<S: Store> Registry<S> {
         let meta = build(current, functions);
         let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serialises"));
         let key = keys::plugin(current.plugin_type, &current.name);
-        if let Err(e) = self.store.put(&key, body, Condition::IfMatch(obj.etag)).await {
+        if let Err(e) = self
+            .store
+            .put(&key, body, Condition::IfMatch(obj.etag))
+            .await
+        {
             self.release_all(&current.id, &claimed).await;
             return Err(match e {
                 StoreError::PreconditionFailed => RegistryError::Conflict(current.name.clone()),
@@ -563,12 +604,16 @@ impl<S: Store> Registry<S> {
         let Some(obj) = self.store.get(&keys::udf(function)).await? else {
             return Err(RegistryError::NotFound);
         };
-        let claim: Claim = serde_json::from_slice(&obj.body)
-            .map_err(|e| RegistryError::Internal(format!("claim of {function} is unreadable: {e}")))?;
+        let claim: Claim = serde_json::from_slice(&obj.body).map_err(|e| {
+            RegistryError::Internal(format!("claim of {function} is unreadable: {e}"))
+        })?;
         match self.read_meta(PluginType::Function, &claim.plugin).await? {
             Some((meta, _))
                 if meta.id == claim.id
-                    && meta.functions.as_ref().is_some_and(|f| f.iter().any(|x| x == function)) =>
+                    && meta
+                        .functions
+                        .as_ref()
+                        .is_some_and(|f| f.iter().any(|x| x == function)) =>
             {
                 Ok(UdfOwner {
                     name: function.to_string(),
@@ -591,10 +636,12 @@ impl<S: Store> Registry<S> {
         let Some((current, obj)) = self.read_meta(PluginType::Function, name).await? else {
             return Err(RegistryError::NotFound);
         };
-        self.swap_meta(&current, obj, Some(functions), |old, functions| PluginMeta {
-            functions,
-            updated: now_rfc3339(),
-            ..old.clone()
+        self.swap_meta(&current, obj, Some(functions), |old, functions| {
+            PluginMeta {
+                functions,
+                updated: now_rfc3339(),
+                ..old.clone()
+            }
         })
         .await
     }
@@ -629,7 +676,11 @@ impl<S: Store> Registry<S> {
             .expect("claim serialises"),
         );
         for _ in 0..5 {
-            match self.store.put(&key, body.clone(), Condition::IfNoneMatch).await {
+            match self
+                .store
+                .put(&key, body.clone(), Condition::IfNoneMatch)
+                .await
+            {
                 Ok(()) => return Ok(true),
                 Err(StoreError::PreconditionFailed) => {}
                 Err(e) => return Err(e.into()),
@@ -647,14 +698,21 @@ impl<S: Store> Registry<S> {
             if existing.id == id {
                 return Ok(false);
             }
-            let committed = match self.read_meta(PluginType::Function, &existing.plugin).await? {
+            let committed = match self
+                .read_meta(PluginType::Function, &existing.plugin)
+                .await?
+            {
                 Some((meta, _)) => {
                     meta.id == existing.id
-                        && meta.functions.as_ref().is_some_and(|f| f.iter().any(|x| x == function))
+                        && meta
+                            .functions
+                            .as_ref()
+                            .is_some_and(|f| f.iter().any(|x| x == function))
                 }
                 None => false,
             };
-            let fresh = now_secs().saturating_sub(existing.claimed_at) < self.settings.claim_grace.as_secs();
+            let fresh = now_secs().saturating_sub(existing.claimed_at)
+                < self.settings.claim_grace.as_secs();
             if committed || fresh {
                 return Err(RegistryError::FunctionExists {
                     name: function.to_string(),
@@ -678,7 +736,11 @@ impl<S: Store> Registry<S> {
     }
 
     async fn take_over(&self, key: &str, body: Bytes, stale: Object) -> Result<bool> {
-        match self.store.put(key, body, Condition::IfMatch(stale.etag)).await {
+        match self
+            .store
+            .put(key, body, Condition::IfMatch(stale.etag))
+            .await
+        {
             Ok(()) => Ok(true),
             Err(StoreError::PreconditionFailed) => Ok(false),
             Err(e) => Err(e.into()),

@@ -36,7 +36,8 @@ pub enum StoreKind {
 pub async fn open_store(url: &StoreUrl) -> Result<StoreKind, String> {
     match url {
         StoreUrl::Local(path) => {
-            let store = LocalStore::new(path).map_err(|e| format!("store {}: {e}", path.display()))?;
+            let store =
+                LocalStore::new(path).map_err(|e| format!("store {}: {e}", path.display()))?;
             store
                 .check()
                 .await

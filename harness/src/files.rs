@@ -33,8 +33,11 @@ impl FileHost {
 
     /// Serves `body` at `path` (200, `application/zip`); returns its URL.
     pub async fn serve(&self, path_: &str, body: Vec<u8>) -> String {
-        self.respond(path_, ResponseTemplate::new(200).set_body_raw(body, "application/zip"))
-            .await
+        self.respond(
+            path_,
+            ResponseTemplate::new(200).set_body_raw(body, "application/zip"),
+        )
+        .await
     }
 
     /// Answers `status` at `path`; returns its URL.

@@ -28,7 +28,9 @@ pub struct RawHost {
 impl RawHost {
     /// Starts the host.
     pub async fn start(reply: RawReply) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw host");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw host");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let task = tokio::spawn(async move {
             loop {

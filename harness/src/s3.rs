@@ -64,29 +64,44 @@ impl Serialized {
 
 #[async_trait::async_trait]
 impl S3 for Serialized {
-    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
         self.fault()?;
         self.inner.create_bucket(req).await
     }
 
-    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
         self.fault()?;
         self.inner.head_bucket(req).await
     }
 
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         self.fault()?;
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
         self.inner.get_object(req).await
     }
 
-    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.fault()?;
         self.stats.heads.fetch_add(1, Ordering::Relaxed);
         self.inner.head_object(req).await
     }
 
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
         self.fault()?;
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         let lock = self.lock_for(&req.input.bucket, &req.input.key);
@@ -94,7 +109,10 @@ impl S3 for Serialized {
         self.inner.put_object(req).await
     }
 
-    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.fault()?;
         self.stats.deletes.fetch_add(1, Ordering::Relaxed);
         let lock = self.lock_for(&req.input.bucket, &req.input.key);
@@ -102,13 +120,19 @@ impl S3 for Serialized {
         self.inner.delete_object(req).await
     }
 
-    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
         self.fault()?;
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
         self.inner.list_objects(req).await
     }
 
-    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
         self.fault()?;
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
         self.inner.list_objects_v2(req).await
@@ -122,7 +146,10 @@ impl S3 for Serialized {
         self.inner.create_multipart_upload(req).await
     }
 
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
         self.fault()?;
         self.inner.upload_part(req).await
     }
@@ -146,7 +173,10 @@ impl S3 for Serialized {
         self.inner.abort_multipart_upload(req).await
     }
 
-    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
         self.fault()?;
         self.inner.list_parts(req).await
     }
@@ -228,7 +258,9 @@ impl S3Server {
 
     /// Makes every request fail with `status` (500 or 503); `None` heals.
     pub fn fail_with(&self, status: Option<u16>) {
-        self.stats.fail_with.store(status.unwrap_or(0), Ordering::SeqCst);
+        self.stats
+            .fail_with
+            .store(status.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Stops accepting connections (the endpoint then refuses them).

@@ -7,9 +7,16 @@ use zip::{CompressionMethod, ZipWriter};
 
 #[derive(Debug, Clone)]
 enum Entry {
-    File { name: String, data: Vec<u8>, mode: Option<u32> },
+    File {
+        name: String,
+        data: Vec<u8>,
+        mode: Option<u32>,
+    },
     Dir(String),
-    Symlink { name: String, target: String },
+    Symlink {
+        name: String,
+        target: String,
+    },
 }
 
 /// A zip under construction.

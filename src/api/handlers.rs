@@ -28,7 +28,10 @@ fn plugin_type(s: &str) -> Result<PluginType, ApiError> {
     })
 }
 
-fn body_bytes<S>(state: &AppState<S>, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn body_bytes<S>(
+    state: &AppState<S>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError {
@@ -52,9 +55,12 @@ fn parse_plugin_body<S>(
 ) -> Result<PluginRequest, ApiError> {
     let bytes = body_bytes(state, body)?;
     let invalid = |e: String| {
-        ApiError::bad_request(format!("Invalid body: Error decoding the {ty} plugin json: {e}"))
+        ApiError::bad_request(format!(
+            "Invalid body: Error decoding the {ty} plugin json: {e}"
+        ))
     };
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     if !value.is_object() {
         return Err(invalid(format!(
             "expected a JSON object like {{\"name\":\"...\",\"file\":\"http://.../plugin.zip\"}}, got {}",
@@ -108,7 +114,10 @@ pub async fn create<S: Store>(
         .create(ty, req)
         .await
         .map_err(|e| ApiError::from_registry(&format!("{ty} plugins create command error"), e))?;
-    Ok(text(StatusCode::CREATED, format!("{ty} plugin {name} is created")))
+    Ok(text(
+        StatusCode::CREATED,
+        format!("{ty} plugin {name} is created"),
+    ))
 }
 
 /// `GET /plugins/{type}`: names, sorted.
@@ -128,11 +137,10 @@ pub async fn describe<S: Store>(
     Path((ty, name)): Path<(String, String)>,
 ) -> ApiResult {
     let ty = plugin_type(&ty)?;
-    let meta = state
-        .registry
-        .describe(ty, &name)
-        .await
-        .map_err(|e| ApiError::from_registry(&format!("describe {ty} plugin {name} error"), e))?;
+    let meta =
+        state.registry.describe(ty, &name).await.map_err(|e| {
+            ApiError::from_registry(&format!("describe {ty} plugin {name} error"), e)
+        })?;
     Ok(Json(meta).into_response())
 }
 
@@ -151,7 +159,9 @@ pub async fn update<S: Store>(
         .map_err(|e| ApiError::from_registry(&format!("update {ty} plugin {name} error"), e))?;
     Ok(text(
         StatusCode::OK,
-        format!("plugin {name} is updated and Kuiper nodes must restart for the change to take effect."),
+        format!(
+            "plugin {name} is updated and Kuiper nodes must restart for the change to take effect."
+        ),
     ))
 }
 
@@ -193,11 +203,10 @@ pub async fn describe_udf<S: Store>(
     State(state): Shared<S>,
     Path(function): Path<String>,
 ) -> ApiResult {
-    let owner = state
-        .registry
-        .describe_udf(&function)
-        .await
-        .map_err(|e| ApiError::from_registry(&format!("describe function {function} error"), e))?;
+    let owner =
+        state.registry.describe_udf(&function).await.map_err(|e| {
+            ApiError::from_registry(&format!("describe function {function} error"), e)
+        })?;
     Ok(Json(owner).into_response())
 }
 
@@ -215,9 +224,12 @@ pub async fn register_functions<S: Store>(
 ) -> ApiResult {
     let bytes = body_bytes(&state, body)?;
     let invalid = |e: String| {
-        ApiError::bad_request(format!("Invalid body: Error decoding the function list json: {e}"))
+        ApiError::bad_request(format!(
+            "Invalid body: Error decoding the function list json: {e}"
+        ))
     };
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     if !value.is_object() {
         return Err(invalid(format!(
             "expected a JSON object like {{\"functions\":[\"f1\",\"f2\"]}}, got {}",
@@ -229,7 +241,9 @@ pub async fn register_functions<S: Store>(
         .registry
         .register_functions(&name, list.functions.unwrap_or_default())
         .await
-        .map_err(|e| ApiError::from_registry(&format!("register functions plugin {name} error"), e))?;
+        .map_err(|e| {
+            ApiError::from_registry(&format!("register functions plugin {name} error"), e)
+        })?;
     Ok(text(
         StatusCode::OK,
         format!("function plugin {name} function list is registered"),

@@ -7,7 +7,11 @@ use kuiper_registry::config::ServiceConfig;
 use kuiper_registry::server::{self, StoreKind};
 
 #[derive(Debug, Parser)]
-#[command(name = "plugin-api", version, about = "eKuiper plugin registry API (AWS Lambda or local server)")]
+#[command(
+    name = "plugin-api",
+    version,
+    about = "eKuiper plugin registry API (AWS Lambda or local server)"
+)]
 struct Cli {
     #[command(flatten)]
     config: ServiceConfig,
@@ -16,7 +20,9 @@ struct Cli {
 fn init_tracing(lambda: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if lambda {
         builder.json().without_time().init();
     } else {
@@ -60,5 +66,7 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The first line on stdout says where we listen (tests and scripts read it).
     println!("plugin-api listening on http://{addr} (store: {location})");
-    server::serve_local(listener, app).await.map_err(|e| e.to_string())
+    server::serve_local(listener, app)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -31,11 +31,17 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         fs::create_dir_all(root.join(TMP_DIR)).map_err(|e| {
-            StoreError::Other(format!("cannot create store directory {}: {e}", root.display()))
+            StoreError::Other(format!(
+                "cannot create store directory {}: {e}",
+                root.display()
+            ))
         })?;
-        let root = root
-            .canonicalize()
-            .map_err(|e| StoreError::Other(format!("cannot open store directory {}: {e}", root.display())))?;
+        let root = root.canonicalize().map_err(|e| {
+            StoreError::Other(format!(
+                "cannot open store directory {}: {e}",
+                root.display()
+            ))
+        })?;
         Ok(LocalStore {
             root,
             lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -51,7 +57,9 @@ impl LocalStore {
         let ok = !key.is_empty()
             && !key.starts_with('/')
             && !key.starts_with('.')
-            && key.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+            && key
+                .split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..")
             && !key.contains('\\');
         if !ok {
             return Err(StoreError::Other(format!("invalid key {key:?}")));
@@ -131,7 +139,10 @@ impl Store for LocalStore {
         file.write_all(b"probe")
             .and_then(|_| file.sync_all())
             .map_err(|e| {
-                StoreError::Other(format!("store directory {} is not writable: {e}", self.root.display()))
+                StoreError::Other(format!(
+                    "store directory {} is not writable: {e}",
+                    self.root.display()
+                ))
             })?;
         Ok(())
     }
@@ -233,7 +244,11 @@ impl Store for LocalStore {
                 Some(i) => &prefix[..i],
                 None => "",
             };
-            let start = if dir_part.is_empty() { root.clone() } else { root.join(dir_part) };
+            let start = if dir_part.is_empty() {
+                root.clone()
+            } else {
+                root.join(dir_part)
+            };
             let mut out = Vec::new();
             let mut stack = vec![start];
             while let Some(dir) = stack.pop() {

@@ -88,8 +88,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Uploads a (possibly large) file, streaming it; unconditional.
-    fn put_file(&self, key: &str, path: &Path)
-        -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Downloads an object into `dest` (created or truncated), streaming it.
     /// Returns `false` when the key is absent.
@@ -124,7 +127,7 @@ pub mod keys {
     }
 
     /// The name in a metadata key listed under [`plugins_prefix`].
-    pub fn plugin_name<'a>(ty: PluginType, key: &'a str) -> Option<&'a str> {
+    pub fn plugin_name(ty: PluginType, key: &str) -> Option<&str> {
         key.strip_prefix("plugins/")?
             .strip_prefix(ty.as_str())?
             .strip_prefix('/')?
@@ -169,7 +172,9 @@ impl StoreUrl {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(format!("invalid store {s:?}: the bucket name is missing (s3://BUCKET[/PREFIX])"));
+                return Err(format!(
+                    "invalid store {s:?}: the bucket name is missing (s3://BUCKET[/PREFIX])"
+                ));
             }
             let prefix = prefix.trim_matches('/').to_string();
             return Ok(StoreUrl::S3 {
@@ -179,8 +184,13 @@ impl StoreUrl {
         }
         if s.starts_with("file://") {
             let url = url::Url::parse(s).map_err(|e| format!("invalid store {s:?}: {e}"))?;
-            if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
-                return Err(format!("invalid store {s:?}: file URLs must not name a host (file:///abs/path)"));
+            if url
+                .host_str()
+                .is_some_and(|h| !h.is_empty() && h != "localhost")
+            {
+                return Err(format!(
+                    "invalid store {s:?}: file URLs must not name a host (file:///abs/path)"
+                ));
             }
             let path = url
                 .to_file_path()
@@ -205,14 +215,26 @@ mod tests {
     fn store_urls() {
         assert_eq!(
             StoreUrl::parse("s3://b/p/q/").unwrap(),
-            StoreUrl::S3 { bucket: "b".into(), prefix: "p/q".into() }
+            StoreUrl::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
         );
         assert_eq!(
             StoreUrl::parse("s3://b").unwrap(),
-            StoreUrl::S3 { bucket: "b".into(), prefix: String::new() }
+            StoreUrl::S3 {
+                bucket: "b".into(),
+                prefix: String::new()
+            }
         );
-        assert_eq!(StoreUrl::parse("file:///tmp/x").unwrap(), StoreUrl::Local("/tmp/x".into()));
-        assert_eq!(StoreUrl::parse("./data").unwrap(), StoreUrl::Local("./data".into()));
+        assert_eq!(
+            StoreUrl::parse("file:///tmp/x").unwrap(),
+            StoreUrl::Local("/tmp/x".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("./data").unwrap(),
+            StoreUrl::Local("./data".into())
+        );
         assert!(StoreUrl::parse("s3://").is_err());
         assert!(StoreUrl::parse("gs://x").is_err());
         assert!(StoreUrl::parse("file://host/x").is_err());

@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
@@ -52,7 +54,8 @@ impl S3Store {
             loader = loader.endpoint_url(endpoint.clone());
         }
         if let Some((ak, sk)) = &settings.credentials {
-            loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
+            loader =
+                loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
         }
         let shared = loader.load().await;
         let custom_endpoint = settings.endpoint.is_some()

@@ -46,8 +46,7 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
     /// The `message` of a JSON error, after checking its shape.
@@ -79,7 +78,10 @@ impl TestEnv {
         let mut env = TestEnv {
             backend,
             base: String::new(),
-            http: reqwest::Client::builder().no_proxy().build().expect("client"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
             files: FileHost::start().await,
             callbacks: CallbackSink::start().await,
             s3,
@@ -127,11 +129,16 @@ impl TestEnv {
         let config = self.config();
         std::fs::create_dir_all(self.tmp.path().join("store")).expect("store dir");
         let app = match self.backend {
-            Backend::Local => build_app(LocalStore::new(self.tmp.path().join("store")).expect("local store"), &config),
+            Backend::Local => build_app(
+                LocalStore::new(self.tmp.path().join("store")).expect("local store"),
+                &config,
+            ),
             Backend::S3 => build_app(self.s3_store().await, &config),
         }
         .expect("app");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         self.base = format!("http://{}", listener.local_addr().expect("addr"));
         self.server = Some(tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
@@ -161,7 +168,11 @@ impl TestEnv {
             .unwrap_or_default()
             .to_string();
         let body = resp.text().await.expect("body");
-        Resp { status, content_type, body }
+        Resp {
+            status,
+            content_type,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -169,15 +180,18 @@ impl TestEnv {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Resp {
-        self.request(reqwest::Method::POST, path, Some(body.to_string())).await
+        self.request(reqwest::Method::POST, path, Some(body.to_string()))
+            .await
     }
 
     pub async fn post_raw(&self, path: &str, body: &str) -> Resp {
-        self.request(reqwest::Method::POST, path, Some(body.to_string())).await
+        self.request(reqwest::Method::POST, path, Some(body.to_string()))
+            .await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Resp {
-        self.request(reqwest::Method::PUT, path, Some(body.to_string())).await
+        self.request(reqwest::Method::PUT, path, Some(body.to_string()))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Resp {
@@ -187,7 +201,10 @@ impl TestEnv {
     /// Serves a valid zip for plugin `name` of `ty` at `/{ty}/{name}.zip`; returns its URL.
     pub async fn serve_plugin(&self, ty: &str, name: &str) -> String {
         self.files
-            .serve(&format!("/{ty}/{name}.zip"), plugin_zip(ty, name, &format!("{}.so", uc_first(name))))
+            .serve(
+                &format!("/{ty}/{name}.zip"),
+                plugin_zip(ty, name, &format!("{}.so", uc_first(name))),
+            )
             .await
     }
 
@@ -195,7 +212,10 @@ impl TestEnv {
     pub async fn create_ok(&self, ty: &str, name: &str) {
         let url = self.serve_plugin(ty, name).await;
         let r = self
-            .post(&format!("/plugins/{ty}"), serde_json::json!({"name": name, "file": url}))
+            .post(
+                &format!("/plugins/{ty}"),
+                serde_json::json!({"name": name, "file": url}),
+            )
             .await;
         assert_eq!(r.status, 201, "create {ty}/{name}: {}", r.body);
     }
@@ -212,7 +232,9 @@ impl TestEnv {
         let mut out = Vec::new();
         let mut stack = vec![root.clone()];
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 let rel = p.strip_prefix(&root).unwrap().to_string_lossy().to_string();
@@ -232,7 +254,10 @@ impl TestEnv {
 
     /// Stored zips (content-addressed blobs).
     pub fn stored_blobs(&self) -> Vec<String> {
-        self.stored_files().into_iter().filter(|f| f.contains("blobs/sha256/")).collect()
+        self.stored_files()
+            .into_iter()
+            .filter(|f| f.contains("blobs/sha256/"))
+            .collect()
     }
 }
 

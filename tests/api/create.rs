@@ -21,7 +21,11 @@ async fn create_lists_and_describes(env: TestEnv) {
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body, "sources plugin random2 is created");
-    assert!(r.content_type.starts_with("text/plain"), "{}", r.content_type);
+    assert!(
+        r.content_type.starts_with("text/plain"),
+        "{}",
+        r.content_type
+    );
 
     assert_eq!(env.list("sources").await, vec!["random2"]);
     assert!(env.list("sinks").await.is_empty());
@@ -40,7 +44,10 @@ async fn create_lists_and_describes(env: TestEnv) {
     use sha2::Digest;
     assert_eq!(v["sha256"], hex::encode(sha2::Sha256::digest(&zip)));
     assert!(v["created"].as_str().unwrap().ends_with('Z'));
-    assert!(v.get("functions").is_none(), "sources have no functions: {v}");
+    assert!(
+        v.get("functions").is_none(),
+        "sources have no functions: {v}"
+    );
 }
 
 async fn create_versioned_source(env: TestEnv) {
@@ -59,9 +66,14 @@ async fn create_versioned_source(env: TestEnv) {
         .files
         .serve("/sinks/file2.zip", plugin_zip("sinks", "file2", "file2.so"))
         .await;
-    let r = env.post("/plugins/sinks", json!({"name": "file2", "file": url})).await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "file2", "file": url}))
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(env.get("/plugins/sinks/file2").await.json()["soFile"], "file2.so");
+    assert_eq!(
+        env.get("/plugins/sinks/file2").await.json()["soFile"],
+        "file2.so"
+    );
 }
 
 async fn create_duplicate_is_refused(env: TestEnv) {
@@ -90,7 +102,10 @@ async fn list_is_sorted_and_empty_when_none(env: TestEnv) {
     for n in ["zeta", "alpha", "Mid", "beta_2", "beta-1"] {
         env.create_ok("sinks", n).await;
     }
-    assert_eq!(env.list("sinks").await, vec!["Mid", "alpha", "beta-1", "beta_2", "zeta"]);
+    assert_eq!(
+        env.list("sinks").await,
+        vec!["Mid", "alpha", "beta-1", "beta_2", "zeta"]
+    );
 }
 
 async fn describe_unknown_is_404(env: TestEnv) {
@@ -111,15 +126,22 @@ async fn unknown_type_is_404(env: TestEnv) {
         ("DELETE", "/plugins/widgets/a"),
         ("PUT", "/plugins/widgets/a"),
     ] {
-        let body = (method == "POST" || method == "PUT").then(|| json!({"name":"a","file":"http://h/a.zip"}).to_string());
+        let body = (method == "POST" || method == "PUT")
+            .then(|| json!({"name":"a","file":"http://h/a.zip"}).to_string());
         let r = env.request(method.parse().unwrap(), path, body).await;
         assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
-        assert!(r.error_message().contains("unknown plugin type widgets"), "{}", r.body);
+        assert!(
+            r.error_message().contains("unknown plugin type widgets"),
+            "{}",
+            r.body
+        );
     }
     let r = env.get("/nope").await;
     assert_eq!(r.status, 404);
     r.error_message();
-    let r = env.request(reqwest::Method::PATCH, "/plugins/sources", None).await;
+    let r = env
+        .request(reqwest::Method::PATCH, "/plugins/sources", None)
+        .await;
     assert_eq!(r.status, 405);
     r.error_message();
 }
@@ -131,10 +153,15 @@ async fn create_stores_zip_content_addressed(env: TestEnv) {
         .files
         .serve("/other.zip", plugin_zip("sinks", "a1", "A1.so"))
         .await;
-    let r = env.post("/plugins/functions", json!({"name": "a1", "file": url})).await;
+    let r = env
+        .post("/plugins/functions", json!({"name": "a1", "file": url}))
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let blobs = env.stored_blobs();
     assert_eq!(blobs.len(), 1, "identical zips are stored once: {blobs:?}");
     let d = env.get("/plugins/sinks/a1").await.json();
-    assert!(blobs[0].ends_with(&format!("blobs/sha256/{}.zip", d["sha256"].as_str().unwrap())));
+    assert!(blobs[0].ends_with(&format!(
+        "blobs/sha256/{}.zip",
+        d["sha256"].as_str().unwrap()
+    )));
 }

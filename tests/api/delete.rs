@@ -5,7 +5,12 @@ use serde_json::json;
 
 use crate::common::TestEnv;
 
-both_stores!(delete_removes_at_once, delete_unknown_is_404, rules_alias_deletes, recreate_after_delete);
+both_stores!(
+    delete_removes_at_once,
+    delete_unknown_is_404,
+    rules_alias_deletes,
+    recreate_after_delete
+);
 
 async fn delete_removes_at_once(env: TestEnv) {
     env.create_ok("sources", "random2").await;
@@ -57,12 +62,21 @@ async fn recreate_after_delete(env: TestEnv) {
     let first = env.get("/plugins/functions/echo2").await.json();
     assert_eq!(env.delete("/plugins/functions/echo2").await.status, 200);
     let r = env
-        .post("/plugins/functions", json!({"name": "echo2", "file": env.files.url("/functions/echo2.zip")}))
+        .post(
+            "/plugins/functions",
+            json!({"name": "echo2", "file": env.files.url("/functions/echo2.zip")}),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let second = env.get("/plugins/functions/echo2").await.json();
-    assert_ne!(first["id"], second["id"], "a re-created plugin is a new instance");
-    assert_eq!(env.get("/plugins/udfs/echo2").await.json(), json!({"name": "echo2", "plugin": "echo2"}));
+    assert_ne!(
+        first["id"], second["id"],
+        "a re-created plugin is a new instance"
+    );
+    assert_eq!(
+        env.get("/plugins/udfs/echo2").await.json(),
+        json!({"name": "echo2", "plugin": "echo2"})
+    );
 }
 
 pub fn urlencode(s: &str) -> String {

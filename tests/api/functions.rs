@@ -5,23 +5,43 @@ use serde_json::json;
 
 use crate::common::TestEnv;
 
-both_stores!(udfs_list_and_describe, clash_changes_nothing, register_replaces_list, register_errors);
+both_stores!(
+    udfs_list_and_describe,
+    clash_changes_nothing,
+    register_replaces_list,
+    register_errors
+);
 
 async fn create_fn(env: &TestEnv, name: &str, functions: &[&str]) -> crate::common::Resp {
     let url = env.serve_plugin("functions", name).await;
-    env.post("/plugins/functions", json!({"name": name, "file": url, "functions": functions}))
-        .await
+    env.post(
+        "/plugins/functions",
+        json!({"name": name, "file": url, "functions": functions}),
+    )
+    .await
 }
 
 async fn udfs_list_and_describe(env: TestEnv) {
     assert_eq!(env.get("/plugins/udfs").await.body, "[]");
-    assert_eq!(create_fn(&env, "echo2", &["echo2", "echo3"]).await.status, 201);
+    assert_eq!(
+        create_fn(&env, "echo2", &["echo2", "echo3"]).await.status,
+        201
+    );
     env.create_ok("functions", "comp").await;
     let d = env.get("/plugins/functions/echo2").await.json();
     assert_eq!(d["functions"], json!(["echo2", "echo3"]));
-    assert_eq!(env.get("/plugins/functions/comp").await.json()["functions"], json!(["comp"]));
-    assert_eq!(env.get("/plugins/udfs").await.json(), json!(["comp", "echo2", "echo3"]));
-    assert_eq!(env.get("/plugins/udfs/echo3").await.json(), json!({"name": "echo3", "plugin": "echo2"}));
+    assert_eq!(
+        env.get("/plugins/functions/comp").await.json()["functions"],
+        json!(["comp"])
+    );
+    assert_eq!(
+        env.get("/plugins/udfs").await.json(),
+        json!(["comp", "echo2", "echo3"])
+    );
+    assert_eq!(
+        env.get("/plugins/udfs/echo3").await.json(),
+        json!({"name": "echo3", "plugin": "echo2"})
+    );
     let r = env.get("/plugins/udfs/none").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_message(), "describe function none error: not found");
@@ -29,12 +49,22 @@ async fn udfs_list_and_describe(env: TestEnv) {
     assert_eq!(env.delete("/plugins/functions/echo2").await.status, 200);
     assert_eq!(env.get("/plugins/udfs").await.json(), json!(["comp"]));
     assert_eq!(env.get("/plugins/udfs/echo3").await.status, 404);
-    assert_eq!(create_fn(&env, "misc", &["misc", "echo3"]).await.status, 201);
+    assert_eq!(
+        create_fn(&env, "misc", &["misc", "echo3"]).await.status,
+        201
+    );
 }
 
 async fn clash_changes_nothing(env: TestEnv) {
-    assert_eq!(create_fn(&env, "echo2", &["echo2", "echo3"]).await.status, 201);
-    let before_files = env.stored_files().into_iter().filter(|f| !f.contains("blobs/")).collect::<Vec<_>>();
+    assert_eq!(
+        create_fn(&env, "echo2", &["echo2", "echo3"]).await.status,
+        201
+    );
+    let before_files = env
+        .stored_files()
+        .into_iter()
+        .filter(|f| !f.contains("blobs/"))
+        .collect::<Vec<_>>();
     let r = create_fn(&env, "misc", &["misc", "echo3"]).await;
     assert_eq!(r.status, 400);
     assert_eq!(
@@ -43,53 +73,133 @@ async fn clash_changes_nothing(env: TestEnv) {
     );
     // Unlike the reference (C11), nothing leaks: misc is neither a plugin nor a udf.
     assert_eq!(env.list("functions").await, vec!["echo2"]);
-    assert_eq!(env.get("/plugins/udfs").await.json(), json!(["echo2", "echo3"]));
+    assert_eq!(
+        env.get("/plugins/udfs").await.json(),
+        json!(["echo2", "echo3"])
+    );
     assert_eq!(env.get("/plugins/udfs/misc").await.status, 404);
-    let after_files = env.stored_files().into_iter().filter(|f| !f.contains("blobs/")).collect::<Vec<_>>();
+    let after_files = env
+        .stored_files()
+        .into_iter()
+        .filter(|f| !f.contains("blobs/"))
+        .collect::<Vec<_>>();
     assert_eq!(before_files, after_files);
     // A plugin whose own name is taken as a function elsewhere.
     let r = create_fn(&env, "echo3", &[]).await;
     assert_eq!(r.status, 400);
-    assert!(r.error_message().contains("function name echo3 already exists in plugin echo2"), "{}", r.body);
+    assert!(
+        r.error_message()
+            .contains("function name echo3 already exists in plugin echo2"),
+        "{}",
+        r.body
+    );
 }
 
 async fn register_replaces_list(env: TestEnv) {
     assert_eq!(create_fn(&env, "echo2", &[]).await.status, 201);
-    let r = env.post("/plugins/functions/echo2/register", json!({"functions": ["echo2", "echo4"]})).await;
+    let r = env
+        .post(
+            "/plugins/functions/echo2/register",
+            json!({"functions": ["echo2", "echo4"]}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body, "function plugin echo2 function list is registered");
-    assert_eq!(env.get("/plugins/udfs").await.json(), json!(["echo2", "echo4"]));
-    let r = env.post("/plugins/functions/echo2/register", json!({"functions": ["echo5"]})).await;
+    assert_eq!(
+        env.get("/plugins/udfs").await.json(),
+        json!(["echo2", "echo4"])
+    );
+    let r = env
+        .post(
+            "/plugins/functions/echo2/register",
+            json!({"functions": ["echo5"]}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(env.get("/plugins/udfs").await.json(), json!(["echo5"]));
-    assert_eq!(env.get("/plugins/functions/echo2").await.json()["functions"], json!(["echo5"]));
+    assert_eq!(
+        env.get("/plugins/functions/echo2").await.json()["functions"],
+        json!(["echo5"])
+    );
     // echo4 is free again.
     assert_eq!(create_fn(&env, "other", &["echo4"]).await.status, 201);
     // A clash on register changes nothing.
-    let r = env.post("/plugins/functions/echo2/register", json!({"functions": ["echo6", "echo4"]})).await;
+    let r = env
+        .post(
+            "/plugins/functions/echo2/register",
+            json!({"functions": ["echo6", "echo4"]}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.error_message(), "register functions plugin echo2 error: function name echo4 already exists in plugin other");
-    assert_eq!(env.get("/plugins/udfs").await.json(), json!(["echo4", "echo5"]));
+    assert_eq!(
+        r.error_message(),
+        "register functions plugin echo2 error: function name echo4 already exists in plugin other"
+    );
+    assert_eq!(
+        env.get("/plugins/udfs").await.json(),
+        json!(["echo4", "echo5"])
+    );
     assert_eq!(env.get("/plugins/udfs/echo6").await.status, 404);
 }
 
 async fn register_errors(env: TestEnv) {
     assert_eq!(create_fn(&env, "echo2", &[]).await.status, 201);
-    let r = env.post("/plugins/functions/none/register", json!({"functions": ["echo2"]})).await;
+    let r = env
+        .post(
+            "/plugins/functions/none/register",
+            json!({"functions": ["echo2"]}),
+        )
+        .await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.error_message(), "register functions plugin none error: not found");
-    let r = env.post("/plugins/functions/echo2/register", json!({"functions": "echo2"})).await;
+    assert_eq!(
+        r.error_message(),
+        "register functions plugin none error: not found"
+    );
+    let r = env
+        .post(
+            "/plugins/functions/echo2/register",
+            json!({"functions": "echo2"}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert!(r.error_message().starts_with("Invalid body: Error decoding the function list json: invalid type: string"), "{}", r.body);
-    for body in [json!({"functions": []}), json!({}), json!({"functions": null})] {
+    assert!(
+        r.error_message().starts_with(
+            "Invalid body: Error decoding the function list json: invalid type: string"
+        ),
+        "{}",
+        r.body
+    );
+    for body in [
+        json!({"functions": []}),
+        json!({}),
+        json!({"functions": null}),
+    ] {
         let r = env.post("/plugins/functions/echo2/register", body).await;
         assert_eq!(r.status, 400);
-        assert_eq!(r.error_message(), "register functions plugin echo2 error: property 'functions' must not be empty");
+        assert_eq!(
+            r.error_message(),
+            "register functions plugin echo2 error: property 'functions' must not be empty"
+        );
     }
-    let r = env.post("/plugins/functions/echo2/register", json!({"functions": ["a.b"]})).await;
+    let r = env
+        .post(
+            "/plugins/functions/echo2/register",
+            json!({"functions": ["a.b"]}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    let r = env.post("/plugins/functions/echo2/register", json!({"functions": ["a", "a"]})).await;
+    let r = env
+        .post(
+            "/plugins/functions/echo2/register",
+            json!({"functions": ["a", "a"]}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert!(r.error_message().contains("function name a is listed twice"), "{}", r.body);
+    assert!(
+        r.error_message()
+            .contains("function name a is listed twice"),
+        "{}",
+        r.body
+    );
     assert_eq!(env.get("/plugins/udfs").await.json(), json!(["echo2"]));
 }

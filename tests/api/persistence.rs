@@ -11,7 +11,10 @@ async fn state_survives_restart(mut env: TestEnv) {
     env.create_ok("sinks", "file2").await;
     let url = env.serve_plugin("functions", "echo2").await;
     let r = env
-        .post("/plugins/functions", json!({"name": "echo2", "file": url, "functions": ["echo2", "echo3"]}))
+        .post(
+            "/plugins/functions",
+            json!({"name": "echo2", "file": url, "functions": ["echo2", "echo3"]}),
+        )
         .await;
     assert_eq!(r.status, 201);
     let described = env.get("/plugins/sources/random2").await.body;
@@ -23,8 +26,16 @@ async fn state_survives_restart(mut env: TestEnv) {
     assert_eq!(env.list("sinks").await, vec!["file2"]);
     assert_eq!(env.list("functions").await, vec!["echo2"]);
     assert_eq!(env.get("/plugins/sources/random2").await.body, described);
-    assert_eq!(env.get("/plugins/udfs/echo3").await.json(), json!({"name": "echo3", "plugin": "echo2"}));
+    assert_eq!(
+        env.get("/plugins/udfs/echo3").await.json(),
+        json!({"name": "echo3", "plugin": "echo2"})
+    );
     // Duplicates are still duplicates after a restart.
-    let r = env.post("/plugins/sinks", json!({"name": "file2", "file": env.files.url("/sinks/file2.zip")})).await;
+    let r = env
+        .post(
+            "/plugins/sinks",
+            json!({"name": "file2", "file": env.files.url("/sinks/file2.zip")}),
+        )
+        .await;
     assert!(r.error_message().ends_with("invalid name file2: duplicate"));
 }

@@ -42,10 +42,19 @@ async fn concurrent_creates_one_winner(env: TestEnv) {
     }
     assert_eq!(winners.len(), 1, "exactly one create wins: {winners:?}");
     let d = env.get("/plugins/sources/racer").await.json();
-    assert_eq!(d["source"], winners[0], "the stored metadata is the winner's");
+    assert_eq!(
+        d["source"], winners[0],
+        "the stored metadata is the winner's"
+    );
     let blob = env.objects_dir().join(
-        env.stored_blobs().into_iter().find(|b| b.contains(d["sha256"].as_str().unwrap())).expect("winner's zip stored"),
+        env.stored_blobs()
+            .into_iter()
+            .find(|b| b.contains(d["sha256"].as_str().unwrap()))
+            .expect("winner's zip stored"),
     );
     use sha2::Digest;
-    assert_eq!(hex::encode(sha2::Sha256::digest(std::fs::read(blob).unwrap())), d["sha256"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(std::fs::read(blob).unwrap())),
+        d["sha256"].as_str().unwrap()
+    );
 }

@@ -1,0 +1,236 @@
+//! The real `plugin-api` process: configuration from the environment, fast
+//! failure on an unusable store, state kept across a process restart, and
+//! `file://` uploads in local mode.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use kuiper_harness::files::FileHost;
+use kuiper_harness::plugins::example_so;
+use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
+use kuiper_harness::zips::ZipBuilder;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_plugin-api");
+
+fn command(envs: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KUIPER_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Starts the service and returns it with its base URL (from its first stdout line).
+async fn start(envs: &[(&str, String)]) -> (Child, String) {
+    let mut child = command(envs).spawn().expect("spawn plugin-api");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("plugin-api did not start")
+        .unwrap()
+        .expect("a first line");
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (child, base)
+}
+
+/// Runs the service expecting it to fail at startup; returns its stderr.
+async fn start_fails(envs: &[(&str, String)]) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(120), command(envs).output())
+        .await
+        .expect("plugin-api did not exit")
+        .unwrap();
+    assert!(!out.status.success(), "startup must fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn plugin_zip(name: &str) -> Vec<u8> {
+    ZipBuilder::new()
+        .file(
+            &format!("{}.so", kuiper_registry::package::uc_first(name)),
+            example_so("print"),
+        )
+        .build()
+}
+
+async fn create(base: &str, ty: &str, name: &str, file: &str) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/plugins/{ty}"))
+        .body(json!({"name": name, "file": file}).to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn list(base: &str, ty: &str) -> Vec<String> {
+    let body = reqwest::get(format!("{base}/plugins/{ty}"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+fn s3_env(server: &S3Server, store: &str, secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KUIPER_STORE", store.to_string()),
+        ("AWS_ENDPOINT_URL_S3", server.endpoint().to_string()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+        ("AWS_REGION", REGION.to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+    ]
+}
+
+async fn restart_keeps_state(envs: Vec<(&'static str, String)>) {
+    let files = FileHost::start().await;
+    let url = files.serve("/sinks/file2.zip", plugin_zip("file2")).await;
+    let (mut first, base) = start(&envs).await;
+    assert_eq!(
+        create(&base, "sinks", "file2", &url).await,
+        (201, "sinks plugin file2 is created".into())
+    );
+    first.kill().await.unwrap();
+    first.wait().await.unwrap();
+    let (_second, base) = start(&envs).await;
+    assert_eq!(list(&base, "sinks").await, vec!["file2"]);
+    let (status, body) = create(&base, "sinks", "file2", &url).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid name file2: duplicate"), "{body}");
+}
+
+#[tokio::test]
+async fn local_store_survives_process_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    restart_keeps_state(vec![(
+        "KUIPER_STORE",
+        dir.path().join("data").display().to_string(),
+    )])
+    .await;
+    assert!(dir.path().join("data/plugins/sinks/file2.json").is_file());
+}
+
+#[tokio::test]
+async fn s3_store_survives_process_restart() {
+    let server = S3Server::start("plugins").await;
+    restart_keeps_state(s3_env(&server, "s3://plugins/fleet", SECRET_KEY)).await;
+    assert!(server
+        .bucket_dir()
+        .join("fleet/plugins/sinks/file2.json")
+        .is_file());
+}
+
+#[tokio::test]
+async fn default_store_is_data_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(&[]);
+    cmd.current_dir(dir.path());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("(store: "), "{line}");
+    assert!(dir.path().join("data").is_dir(), "./data is created");
+}
+
+#[tokio::test]
+async fn unusable_stores_fail_fast_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let err = start_fails(&[("KUIPER_STORE", file.join("sub").display().to_string())]).await;
+    assert!(err.contains("cannot create store directory"), "{err}");
+
+    let err = start_fails(&[("KUIPER_STORE", "gs://bucket".into())]).await;
+    assert!(err.contains("invalid store \"gs://bucket\""), "{err}");
+
+    let server = S3Server::start("plugins").await;
+    let err = start_fails(&s3_env(&server, "s3://missing", SECRET_KEY)).await;
+    assert!(
+        err.contains("store s3://missing: storage error: bucket missing does not exist"),
+        "{err}"
+    );
+    let err = start_fails(&s3_env(&server, "s3://plugins", "wrong")).await;
+    assert!(err.contains("access to bucket plugins denied"), "{err}");
+}
+
+#[tokio::test]
+async fn file_urls_only_from_the_uploads_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let uploads = dir.path().join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    std::fs::write(uploads.join("p.zip"), plugin_zip("p")).unwrap();
+    std::fs::write(dir.path().join("outside.zip"), plugin_zip("q")).unwrap();
+    let file_url = |p: &Path| url::Url::from_file_path(p).unwrap().to_string();
+    let (_child, base) = start(&[
+        (
+            "KUIPER_STORE",
+            dir.path().join("data").display().to_string(),
+        ),
+        ("KUIPER_UPLOADS_DIR", uploads.display().to_string()),
+    ])
+    .await;
+    assert_eq!(
+        create(&base, "sinks", "p", &file_url(&uploads.join("p.zip")))
+            .await
+            .0,
+        201
+    );
+    let (status, body) = create(
+        &base,
+        "sinks",
+        "q",
+        &file_url(&dir.path().join("outside.zip")),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("file access denied: path must be under"),
+        "{body}"
+    );
+    let (status, body) = create(
+        &base,
+        "sinks",
+        "q",
+        &file_url(&uploads.join("../outside.zip")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(list(&base, "sinks").await, vec!["p"]);
+
+    // Without KUIPER_UPLOADS_DIR, file:// is refused.
+    let (_child2, base2) = start(&[(
+        "KUIPER_STORE",
+        dir.path().join("data2").display().to_string(),
+    )])
+    .await;
+    let (status, body) = create(&base2, "sinks", "p", &file_url(&uploads.join("p.zip"))).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains(
+            "file:// URLs are only accepted by a local store with KUIPER_UPLOADS_DIR set"
+        ),
+        "{body}"
+    );
+}

@@ -1,0 +1,309 @@
+//! The same conformance suite for every `Store` backend: the local directory
+//! and S3 (against the in-process S3-protocol server).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
+use kuiper_registry::store::local::LocalStore;
+use kuiper_registry::store::s3::{S3Settings, S3Store};
+use kuiper_registry::store::{Condition, Store, StoreError};
+
+async fn s3_store(server: &S3Server, bucket: &str, prefix: &str, secret: &str) -> S3Store {
+    S3Store::new(S3Settings {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        endpoint: Some(server.endpoint().to_string()),
+        region: Some(REGION.into()),
+        credentials: Some((ACCESS_KEY.into(), secret.into())),
+    })
+    .await
+}
+
+async fn get_put_delete<S: Store>(s: &S) {
+    assert!(s.get("plugins/sinks/a.json").await.unwrap().is_none());
+    assert!(!s.exists("plugins/sinks/a.json").await.unwrap());
+    s.put(
+        "plugins/sinks/a.json",
+        Bytes::from_static(b"one"),
+        Condition::None,
+    )
+    .await
+    .unwrap();
+    let o = s
+        .get("plugins/sinks/a.json")
+        .await
+        .unwrap()
+        .expect("present");
+    assert_eq!(&o.body[..], b"one");
+    assert!(s.exists("plugins/sinks/a.json").await.unwrap());
+    s.put(
+        "plugins/sinks/a.json",
+        Bytes::from_static(b"two"),
+        Condition::None,
+    )
+    .await
+    .unwrap();
+    let o2 = s.get("plugins/sinks/a.json").await.unwrap().unwrap();
+    assert_eq!(&o2.body[..], b"two");
+    assert_ne!(o.etag, o2.etag, "new content, new etag");
+    s.delete("plugins/sinks/a.json").await.unwrap();
+    assert!(s.get("plugins/sinks/a.json").await.unwrap().is_none());
+    s.delete("plugins/sinks/a.json")
+        .await
+        .expect("deleting an absent key succeeds");
+}
+
+async fn conditions<S: Store>(s: &S) {
+    let k = "plugins/functions/f.json";
+    s.put(k, Bytes::from_static(b"v1"), Condition::IfNoneMatch)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.put(k, Bytes::from_static(b"x"), Condition::IfNoneMatch)
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    let v1 = s.get(k).await.unwrap().unwrap();
+    assert_eq!(&v1.body[..], b"v1", "a refused write changes nothing");
+    s.put(
+        k,
+        Bytes::from_static(b"v2"),
+        Condition::IfMatch(v1.etag.clone()),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.put(
+            k,
+            Bytes::from_static(b"v3"),
+            Condition::IfMatch(v1.etag.clone())
+        )
+        .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert_eq!(&s.get(k).await.unwrap().unwrap().body[..], b"v2");
+    s.delete(k).await.unwrap();
+    assert!(matches!(
+        s.put(k, Bytes::from_static(b"v4"), Condition::IfMatch(v1.etag))
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert!(s.get(k).await.unwrap().is_none());
+}
+
+async fn listing<S: Store>(s: &S) {
+    assert!(s.list("plugins/sources/").await.unwrap().is_empty());
+    for k in [
+        "plugins/sources/b.json",
+        "plugins/sources/a.json",
+        "plugins/sinks/c.json",
+        "udfs/x.json",
+        "plugins/sources-x/d.json",
+    ] {
+        s.put(k, Bytes::from(k.to_string()), Condition::None)
+            .await
+            .unwrap();
+    }
+    let keys: Vec<_> = s
+        .list("plugins/sources/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["plugins/sources/a.json", "plugins/sources/b.json"]
+    );
+    let l = s.list("udfs/").await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].size, "udfs/x.json".len() as u64);
+    assert!(l[0].modified > 1_600_000_000);
+    let all = s.list("plugins/").await.unwrap();
+    assert_eq!(all.len(), 4);
+}
+
+async fn files<S: Store>(s: &S) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.zip");
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    s.put_file("blobs/sha256/abc.zip", &src).await.unwrap();
+    let dest = dir.path().join("out.zip");
+    assert!(s.get_to_file("blobs/sha256/abc.zip", &dest).await.unwrap());
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(!s
+        .get_to_file("blobs/sha256/none.zip", &dir.path().join("none"))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.list("blobs/sha256/").await.unwrap()[0].size,
+        data.len() as u64
+    );
+}
+
+async fn create_only_race<S: Store>(s: Arc<S>) {
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.put(
+                "plugins/sinks/race.json",
+                Bytes::from(format!("{i}")),
+                Condition::IfNoneMatch,
+            )
+            .await
+            .map(|_| i)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(i) => winners.push(i),
+            Err(StoreError::PreconditionFailed) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create-only write wins");
+    let body = s
+        .get("plugins/sinks/race.json")
+        .await
+        .unwrap()
+        .unwrap()
+        .body;
+    assert_eq!(
+        body,
+        Bytes::from(winners[0].to_string()),
+        "the stored value is the winner's"
+    );
+}
+
+async fn compare_and_swap_loses_no_update<S: Store>(s: Arc<S>) {
+    let k = "plugins/sinks/counter.json";
+    s.put(k, Bytes::from_static(b"0"), Condition::None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let cur = s.get(k).await.unwrap().unwrap();
+                let n: u32 = std::str::from_utf8(&cur.body).unwrap().parse().unwrap();
+                match s
+                    .put(
+                        k,
+                        Bytes::from((n + 1).to_string()),
+                        Condition::IfMatch(cur.etag),
+                    )
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(StoreError::PreconditionFailed) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        &s.get(k).await.unwrap().unwrap().body[..],
+        b"8",
+        "no increment is lost"
+    );
+}
+
+async fn suite<S: Store>(s: S) {
+    s.check().await.expect("store usable");
+    get_put_delete(&s).await;
+    conditions(&s).await;
+    listing(&s).await;
+    files(&s).await;
+    let s = Arc::new(s);
+    create_only_race(s.clone()).await;
+    compare_and_swap_loses_no_update(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(LocalStore::new(dir.path().join("store")).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_store_conforms() {
+    let server = S3Server::start("bucket").await;
+    suite(s3_store(&server, "bucket", "", SECRET_KEY).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_store_with_prefix_conforms() {
+    let server = S3Server::start("bucket").await;
+    let store = s3_store(&server, "bucket", "team/prod", SECRET_KEY).await;
+    suite(store).await;
+    assert!(
+        server
+            .bucket_dir()
+            .join("team/prod/plugins/sinks/counter.json")
+            .exists(),
+        "keys live under the prefix"
+    );
+}
+
+#[tokio::test]
+async fn s3_check_names_the_problem() {
+    let server = S3Server::start("bucket").await;
+    let missing = s3_store(&server, "nope", "", SECRET_KEY)
+        .await
+        .check()
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("bucket nope does not exist"),
+        "{missing}"
+    );
+    let denied = s3_store(&server, "bucket", "", "wrong-secret")
+        .await
+        .check()
+        .await
+        .unwrap_err();
+    assert!(
+        denied
+            .to_string()
+            .contains("access to bucket bucket denied"),
+        "{denied}"
+    );
+    server.stop();
+    let down = s3_store(&server, "bucket", "", SECRET_KEY)
+        .await
+        .check()
+        .await
+        .unwrap_err();
+    assert!(matches!(down, StoreError::Unavailable(_)), "{down}");
+}
+
+#[tokio::test]
+async fn s3_outage_is_unavailable() {
+    let server = S3Server::start("bucket").await;
+    let s = s3_store(&server, "bucket", "", SECRET_KEY).await;
+    server.fail_with(Some(503));
+    let e = s.get("plugins/sinks/a.json").await.unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+    server.fail_with(None);
+    assert!(s.get("plugins/sinks/a.json").await.unwrap().is_none());
+}
+
+#[test]
+fn local_store_refuses_unusable_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = LocalStore::new(file.join("store")).unwrap_err();
+    assert!(
+        e.to_string().contains("cannot create store directory"),
+        "{e}"
+    );
+}
