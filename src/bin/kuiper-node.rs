@@ -1,0 +1,130 @@
+//! `kuiper-node`: syncs an eKuiper node's plugin directory from the registry's
+//! store, and (with `run`) loads the synced plugins through the plugin ABI v1.
+//!
+//! Prints one JSON report on stdout; progress goes to stderr. Exit code 0
+//! when every plugin synced (and loaded), 1 otherwise, 2 for usage errors.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use kuiper_registry::node::{self, Progress, Report, SyncOptions};
+use kuiper_registry::store::StoreUrl;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kuiper-node",
+    version,
+    about = "Sync an eKuiper node's native plugins from the registry and load them",
+    after_help = "S3 stores use the standard AWS settings (AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3, ...)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bring DIR to the registry's state and exit (e.g. as an init step before eKuiper starts).
+    Sync(Common),
+    /// Sync, then load every synced plugin and keep them loaded until SIGTERM/SIGINT.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Exit after loading instead of waiting for a signal.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// The registry's store: s3://BUCKET[/PREFIX], file:///abs/path or a directory.
+    #[arg(long, env = "KUIPER_STORE", value_parser = StoreUrl::parse)]
+    store: StoreUrl,
+    /// The node's directory (eKuiper's base directory: plugins/ and etc/ live in it).
+    #[arg(long, env = "KUIPER_NODE_ROOT")]
+    root: PathBuf,
+    /// Run the install.sh of plugins that have one (off by default: such plugins then fail).
+    #[arg(long, env = "KUIPER_NODE_ALLOW_INSTALL_SCRIPTS")]
+    allow_install_scripts: bool,
+    /// How long an install.sh may run before it is killed (e.g. 30s, 5m).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    install_timeout: Duration,
+    /// Most plugins downloaded at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
+}
+
+impl Common {
+    fn options(&self) -> SyncOptions {
+        let mut opts = SyncOptions::new(&self.root);
+        opts.jobs = usize::from(self.jobs);
+        opts.allow_install_scripts = self.allow_install_scripts;
+        opts.install_timeout = self.install_timeout;
+        opts
+    }
+}
+
+fn print_report(report: &Report) {
+    let json = serde_json::to_string(report).expect("report serializes");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{json}");
+    let _ = out.flush();
+}
+
+fn exit_code(report: &Report) -> ExitCode {
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, load, once) = match &cli.command {
+        Command::Sync(c) => (c, false, true),
+        Command::Run { common, once } => (common, true, *once),
+    };
+    let progress = Progress::stderr();
+    let synced = match node::open_store(&common.store).await {
+        Ok(store) => store.sync(&common.options(), &progress).await,
+        Err(e) => Err(e),
+    };
+    let synced = match synced {
+        Ok(s) => s,
+        Err(e) => {
+            progress.finish();
+            progress.line(&format!("error: {e}"));
+            let mut report = Report::fatal(e);
+            if load {
+                report.loaded = Some(Vec::new());
+            }
+            print_report(&report);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = synced.report.clone();
+    let libraries = if load {
+        node::load_installed(&synced, &mut report, &progress)
+    } else {
+        Vec::new()
+    };
+    progress.finish();
+    print_report(&report);
+    if load && !once {
+        progress.line(&format!(
+            "{} plugin(s) loaded; running until SIGTERM or SIGINT",
+            libraries.len()
+        ));
+        kuiper_registry::server::shutdown_signal().await;
+        progress.line("signal received, exiting");
+    }
+    // Plugins are never unloaded: the process exits with them mapped.
+    std::mem::forget(libraries);
+    exit_code(&report)
+}

@@ -1,0 +1,153 @@
+//! Loading installed plugins through the Kuiper plugin ABI v1
+//! (`docs/plugin-abi.md`, C header `docs/kuiper_plugin.h`).
+//!
+//! A plugin library exports, under `uc_first(name)` (`Random` for `random`), a
+//! C function returning a pointer to a static [`KuiperPluginV1`] descriptor.
+//! Loading opens the library, resolves and calls that function, and checks the
+//! descriptor against the directory the library was installed in.
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+use std::path::Path;
+
+use libloading::Library;
+use serde::Serialize;
+
+use crate::package::{uc_first, PluginType};
+
+/// The ABI version this loader implements.
+pub const ABI_VERSION: u32 = 1;
+
+/// The descriptor a plugin's entry point returns (ABI v1), laid out as C lays
+/// out `struct KuiperPluginV1`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct KuiperPluginV1 {
+    /// Always 1 for this layout.
+    pub abi_version: u32,
+    /// 0 source, 1 sink, 2 function.
+    pub kind: u32,
+    /// NUL-terminated plugin name.
+    pub name: *const c_char,
+    /// NUL-terminated version, possibly empty.
+    pub version: *const c_char,
+}
+
+/// The entry point's type: `const KuiperPluginV1 *Name(void)`.
+pub type EntryPoint = unsafe extern "C" fn() -> *const KuiperPluginV1;
+
+/// What a successful load reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadedInfo {
+    /// Plugin type (the directory it was loaded from).
+    #[serde(rename = "type")]
+    pub plugin_type: PluginType,
+    /// Plugin name, as the descriptor gives it.
+    pub name: String,
+    /// Version, as the descriptor gives it.
+    pub version: String,
+    /// The symbol that was resolved.
+    pub symbol: String,
+}
+
+/// A loaded plugin: the library stays mapped as long as this lives.
+#[derive(Debug)]
+pub struct LoadedPlugin {
+    /// What was loaded.
+    pub info: LoadedInfo,
+    /// The open library.
+    pub library: Library,
+}
+
+/// The ABI `kind` value's name, for messages.
+fn kind_name(kind: u32) -> String {
+    match PluginType::ALL.into_iter().find(|t| t.abi_kind() == kind) {
+        Some(t) => format!("{kind} ({})", t.as_str()),
+        None => format!("{kind} (unknown)"),
+    }
+}
+
+/// Reads a NUL-terminated string of at most 4 KiB; `None` for a null pointer.
+///
+/// # Safety
+/// `p` must be null or point at a NUL-terminated string that stays valid while read.
+unsafe fn c_string(p: *const c_char) -> Option<Result<String, String>> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the caller guarantees `p` is a valid NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(p) };
+    let bytes = s.to_bytes();
+    if bytes.len() > 4096 {
+        return Some(Err("longer than 4096 bytes".into()));
+    }
+    Some(std::str::from_utf8(bytes).map(str::to_string).map_err(|_| "not valid UTF-8".to_string()))
+}
+
+/// Loads the library at `path`, installed as plugin `name` of type `ty`, and
+/// checks its ABI v1 descriptor.
+pub fn load(path: &Path, ty: PluginType, name: &str) -> Result<LoadedPlugin, String> {
+    let symbol = uc_first(name);
+    // SAFETY: loading a library runs its initialisers; the node agent's whole
+    // purpose is to load the plugins the registry validated and it installed.
+    let library = unsafe { Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    let descriptor = {
+        // SAFETY: ABI v1 defines the symbol as `const KuiperPluginV1 *Name(void)`.
+        let entry = unsafe { library.get::<EntryPoint>(symbol.as_bytes()) }.map_err(|e| {
+            format!(
+                "symbol {symbol} not found in {} (ABI v1 plugins export `const KuiperPluginV1 *{symbol}(void)`): {e}",
+                path.display()
+            )
+        })?;
+        // SAFETY: as above; the function takes no arguments.
+        unsafe { entry() }
+    };
+    if descriptor.is_null() {
+        return Err(format!("{symbol}() returned a null descriptor"));
+    }
+    // SAFETY: a non-null pointer to the plugin's static descriptor (ABI v1);
+    // `abi_version` is read first so that a different layout is refused
+    // before its other fields are interpreted.
+    let abi_version = unsafe { std::ptr::addr_of!((*descriptor).abi_version).read() };
+    if abi_version != ABI_VERSION {
+        return Err(format!(
+            "{symbol}() returned a descriptor with abi_version {abi_version}; this node supports abi_version {ABI_VERSION}"
+        ));
+    }
+    // SAFETY: abi_version 1 means the pointer is to a `KuiperPluginV1`.
+    let d = unsafe { &*descriptor };
+    if d.kind != ty.abi_kind() {
+        return Err(format!(
+            "{symbol}() describes a plugin of kind {}, but it is installed as {} (kind {})",
+            kind_name(d.kind),
+            ty.as_str(),
+            ty.abi_kind()
+        ));
+    }
+    // SAFETY: ABI v1 requires NUL-terminated static strings.
+    let got_name = match unsafe { c_string(d.name) } {
+        None => return Err(format!("{symbol}() returned a descriptor without a name")),
+        Some(Err(e)) => return Err(format!("{symbol}() returned a descriptor whose name is {e}")),
+        Some(Ok(n)) => n,
+    };
+    if got_name != name {
+        return Err(format!(
+            "{symbol}() describes a plugin named {got_name:?}, but it is installed as {name:?}"
+        ));
+    }
+    // SAFETY: as above; a null version means "".
+    let version = match unsafe { c_string(d.version) } {
+        None => String::new(),
+        Some(Err(e)) => return Err(format!("{symbol}() returned a descriptor whose version is {e}")),
+        Some(Ok(v)) => v,
+    };
+    Ok(LoadedPlugin {
+        info: LoadedInfo {
+            plugin_type: ty,
+            name: got_name,
+            version,
+            symbol,
+        },
+        library,
+    })
+}

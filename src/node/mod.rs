@@ -1,0 +1,256 @@
+//! The node agent behind `kuiper-node`: syncs a node's directory with the
+//! registry's store and loads the synced plugins through the plugin ABI v1.
+//!
+//! - [`sync`]: reconcile `{root}` with the store (download, verify, check,
+//!   extract, rename into place, remove dropped plugins), crash-safely.
+//! - [`layout`]: eKuiper's on-disk layout.
+//! - [`manifest`]: what the agent installed, so it never touches other files.
+//! - [`loader`]: `libloading` and the ABI v1 descriptor checks.
+//!
+//! Changes take effect when a node (re)starts: a library that is loaded is
+//! never written to; an update renames a new file into place and removes the
+//! old name, which leaves a mapped library intact.
+
+pub mod layout;
+pub mod loader;
+pub mod manifest;
+pub mod sync;
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::package::PluginType;
+use crate::store::local::LocalStore;
+use crate::store::s3::{S3Settings, S3Store};
+use crate::store::{Store, StoreUrl};
+
+pub use loader::{LoadedInfo, LoadedPlugin};
+pub use sync::{sync, SyncOptions, Synced};
+
+/// A plugin named in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginRef {
+    /// `sources`, `sinks` or `functions`.
+    #[serde(rename = "type")]
+    pub plugin_type: PluginType,
+    /// Plugin name.
+    pub name: String,
+    /// Version from the metadata (`""` when the library's name has none).
+    pub version: String,
+}
+
+/// A failure in a report. `name` is empty for a failure that is not about one
+/// plugin (e.g. a type that cannot be listed), and `type` too when it is not
+/// about one type either (e.g. the store cannot be opened).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// `sources`, `sinks`, `functions` or `""`.
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// Plugin name or `""`.
+    pub name: String,
+    /// What went wrong and what was (not) done.
+    pub error: String,
+}
+
+/// The one JSON document `kuiper-node` prints on stdout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Plugins installed by this run (new on this node).
+    pub installed: Vec<PluginRef>,
+    /// Plugins replaced by another version (or repaired).
+    pub updated: Vec<PluginRef>,
+    /// Plugins removed because the registry dropped them.
+    pub removed: Vec<PluginRef>,
+    /// Plugins already in the registry's state (nothing downloaded).
+    pub unchanged: Vec<PluginRef>,
+    /// `run` only: the plugins loaded, with their descriptors' values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<Vec<LoadedInfo>>,
+    /// Everything that did not work, one entry per plugin.
+    pub failed: Vec<Failure>,
+}
+
+impl Report {
+    /// A report with only a global failure.
+    pub fn fatal(error: String) -> Self {
+        Report {
+            failed: vec![Failure {
+                plugin_type: String::new(),
+                name: String::new(),
+                error,
+            }],
+            ..Report::default()
+        }
+    }
+
+    /// Whether everything synced (and loaded).
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// Sorts every list by type, then name.
+    pub fn sort(&mut self) {
+        for list in [&mut self.installed, &mut self.updated, &mut self.removed, &mut self.unchanged] {
+            list.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
+        }
+        if let Some(l) = &mut self.loaded {
+            l.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
+        }
+        self.failed
+            .sort_by(|a, b| (&a.plugin_type, &a.name).cmp(&(&b.plugin_type, &b.name)));
+    }
+}
+
+/// Human-readable progress on stderr: a progress bar with messages above it
+/// on a terminal, plain lines otherwise.
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, plain lines otherwise.
+    pub fn stderr() -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} plugins {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            Progress { bar: Some(bar) }
+        } else {
+            Progress { bar: None }
+        }
+    }
+
+    /// Progress that prints nothing.
+    pub fn hidden() -> Self {
+        Progress {
+            bar: Some(ProgressBar::hidden()),
+        }
+    }
+
+    /// Sets the number of plugins to go through.
+    pub fn set_length(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.set_length(n);
+        }
+    }
+
+    /// One plugin done.
+    pub fn inc(&self) {
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+
+    /// A message line.
+    pub fn line(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(format!("kuiper-node: {msg}")),
+            None => eprintln!("kuiper-node: {msg}"),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Opens the registry's store for reading. Unlike the service, a node never
+/// creates a store: a local store directory that does not exist is an error
+/// (otherwise a mistyped path would look like an empty registry and every
+/// plugin would be removed).
+pub async fn open_store(url: &StoreUrl) -> Result<NodeStore, String> {
+    match url {
+        StoreUrl::Local(path) => {
+            if !path.is_dir() {
+                return Err(format!(
+                    "store {}: no such directory (a node never creates the store; check --store / KUIPER_STORE)",
+                    path.display()
+                ));
+            }
+            let store = LocalStore::new(path).map_err(|e| format!("store {}: {e}", path.display()))?;
+            Ok(NodeStore::Local(store))
+        }
+        StoreUrl::S3 { bucket, prefix } => {
+            let store = S3Store::new(S3Settings {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+                ..S3Settings::default()
+            })
+            .await;
+            store
+                .check()
+                .await
+                .map_err(|e| format!("store {}: {e}", store.location()))?;
+            Ok(NodeStore::S3(store))
+        }
+    }
+}
+
+/// The opened store, one variant per backend.
+#[derive(Debug)]
+pub enum NodeStore {
+    /// A local directory.
+    Local(LocalStore),
+    /// An S3 bucket.
+    S3(S3Store),
+}
+
+impl NodeStore {
+    /// Syncs `opts.root` from this store.
+    pub async fn sync(&self, opts: &SyncOptions, progress: &Progress) -> Result<Synced, String> {
+        match self {
+            NodeStore::Local(s) => sync::sync(s, opts, progress).await,
+            NodeStore::S3(s) => sync::sync(s, opts, progress).await,
+        }
+    }
+}
+
+/// Loads every plugin the manifest lists as installed (not pending), in
+/// type then name order, adding what happened to `report`. Returns the loaded
+/// libraries, which stay mapped as long as they are kept.
+pub fn load_installed(synced: &Synced, report: &mut Report, progress: &Progress) -> Vec<LoadedPlugin> {
+    let mut loaded = Vec::new();
+    let mut infos = Vec::new();
+    let mut entries: Vec<_> = synced.manifest.plugins.values().filter(|e| !e.pending).collect();
+    entries.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
+    for e in entries {
+        let rel = layout::library_path(e.plugin_type, &e.so_file);
+        let result = layout::under(&synced.root, &rel).and_then(|path| load_one(&path, e.plugin_type, &e.name));
+        match result {
+            Ok(p) => {
+                progress.line(&format!(
+                    "loaded    {}/{} {} ({})",
+                    e.plugin_type, p.info.name, p.info.version, p.info.symbol
+                ));
+                infos.push(p.info.clone());
+                loaded.push(p);
+            }
+            Err(error) => {
+                progress.line(&format!("failed  {}/{}: {error}", e.plugin_type, e.name));
+                report.failed.push(Failure {
+                    plugin_type: e.plugin_type.as_str().to_string(),
+                    name: e.name.clone(),
+                    error,
+                });
+            }
+        }
+    }
+    report.loaded = Some(infos);
+    report.sort();
+    loaded
+}
+
+fn load_one(path: &Path, ty: PluginType, name: &str) -> Result<LoadedPlugin, String> {
+    loader::load(path, ty, name)
+}
