@@ -9,6 +9,7 @@ mod callbacks;
 mod create;
 mod delete;
 mod functions;
+mod limits;
 mod persistence;
 mod races;
 mod reference;
