@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::fetch::policy::AddressPolicy;
 use crate::fetch::FetchSettings;
 use crate::package::ZipLimits;
 use crate::registry::RegistrySettings;
@@ -58,6 +59,14 @@ pub struct ServiceConfig {
     #[arg(long, env = "KUIPER_READ_TIMEOUT_SECS", default_value_t = 10)]
     pub read_timeout_secs: u64,
 
+    /// Allow downloads and callbacks to private, loopback and link-local addresses.
+    #[arg(long, env = "KUIPER_ALLOW_PRIVATE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_network: bool,
+
+    /// Hosts reachable whatever their addresses: `host` or `host:port`, comma-separated.
+    #[arg(long, env = "KUIPER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
     /// Seconds for a whole callback request.
     #[arg(long, env = "KUIPER_CALLBACK_TIMEOUT_SECS", default_value_t = 10)]
     pub callback_timeout_secs: u64,
@@ -79,6 +88,10 @@ impl ServiceConfig {
             read_timeout: Duration::from_secs(self.read_timeout_secs),
             callback_timeout: Duration::from_secs(self.callback_timeout_secs),
             uploads_dir: self.uploads_dir.clone().filter(|_| local),
+            policy: AddressPolicy {
+                allow_private: self.allow_private_network,
+                allowed_hosts: self.allowed_hosts.clone(),
+            },
         }
     }
 

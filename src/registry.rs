@@ -228,7 +228,7 @@ fn display_url(url: &Url) -> String {
     u.to_string()
 }
 
-fn parse_callback(cb: Option<&str>) -> Result<Option<Url>> {
+fn parse_callback(fetcher: &Fetcher, cb: Option<&str>) -> Result<Option<Url>> {
     let Some(cb) = cb.map(str::trim).filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
@@ -240,6 +240,7 @@ fn parse_callback(cb: Option<&str>) -> Result<Option<Url>> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(bad("only http and https URLs with a host are accepted"));
     }
+    fetcher.check_destination(&url).map_err(|e| bad(&e))?;
     Ok(Some(url))
 }
 
@@ -317,6 +318,7 @@ impl<S: Store> Registry<S> {
         ty: PluginType,
         name: &str,
         url: &Url,
+        given: &str,
         shell_paras: &[String],
     ) -> Result<Staged> {
         let download = self
@@ -324,7 +326,7 @@ impl<S: Store> Registry<S> {
             .download(url, &self.settings.tmp_dir)
             .await
             .map_err(|source| RegistryError::Download {
-                uri: url.to_string(),
+                uri: given.to_string(),
                 source,
             })?;
         let file = download
@@ -402,7 +404,7 @@ impl<S: Store> Registry<S> {
     pub async fn create(&self, ty: PluginType, req: PluginRequest) -> Result<()> {
         package::validate_name(&req.name)?;
         let url = self.check_file_url(&req.file)?;
-        let callback = parse_callback(req.callback.as_deref())?;
+        let callback = parse_callback(&self.fetcher, req.callback.as_deref())?;
         let functions = match ty {
             PluginType::Function => {
                 let list = req
@@ -433,7 +435,7 @@ impl<S: Store> Registry<S> {
                 });
             }
         }
-        let staged = self.stage(ty, name, &url, &req.shell_paras).await?;
+        let staged = self.stage(ty, name, &url, &req.file, &req.shell_paras).await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let claimed = match &functions {
             Some(list) => self.claim_all(name, &id, list).await?,
@@ -480,7 +482,7 @@ impl<S: Store> Registry<S> {
             )));
         }
         let url = self.check_file_url(&req.file)?;
-        let callback = parse_callback(req.callback.as_deref())?;
+        let callback = parse_callback(&self.fetcher, req.callback.as_deref())?;
         if let Some(list) = req.functions.as_ref().filter(|l| !l.is_empty()) {
             if ty != PluginType::Function {
                 return Err(RegistryError::InvalidInput(format!(
@@ -492,7 +494,7 @@ impl<S: Store> Registry<S> {
         let Some((current, obj)) = self.read_meta(ty, name).await? else {
             return Err(RegistryError::NotExist(name.to_string()));
         };
-        let staged = self.stage(ty, name, &url, &req.shell_paras).await?;
+        let staged = self.stage(ty, name, &url, &req.file, &req.shell_paras).await?;
         let functions = match ty {
             PluginType::Function => Some(
                 req.functions
@@ -554,7 +556,7 @@ impl<S: Store> Registry<S> {
     /// Drops a plugin from the registry; nodes remove it when they restart.
     pub async fn delete(&self, ty: PluginType, name: &str, callback: Option<&str>) -> Result<()> {
         package::validate_name(name)?;
-        let callback = parse_callback(callback)?;
+        let callback = parse_callback(&self.fetcher, callback)?;
         let Some((meta, _)) = self.read_meta(ty, name).await? else {
             return Err(RegistryError::NotExist(name.to_string()));
         };

@@ -21,6 +21,7 @@ fn command(envs: &[(&str, String)]) -> Command {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KUIPER_LISTEN", "127.0.0.1:0")
+        .env("KUIPER_ALLOW_PRIVATE_NETWORK", "true")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -109,6 +109,9 @@ impl TestEnv {
             "--tmp-dir".to_string(),
             self.tmp.path().display().to_string(),
         ];
+        if !self.extra_args.iter().any(|a| a == "--allow-private-network") {
+            args.extend(["--allow-private-network".to_string(), "true".to_string()]);
+        }
         args.extend(self.extra_args.iter().cloned());
         ServiceConfig::from_args(args).expect("config")
     }

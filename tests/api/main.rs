@@ -12,6 +12,7 @@ mod functions;
 mod limits;
 mod persistence;
 mod races;
+mod ssrf;
 mod reference;
 mod update;
 mod validation;

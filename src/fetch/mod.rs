@@ -1,5 +1,8 @@
 //! Outbound HTTP: downloading plugin zips (streamed to a temporary file while
-//! hashed, under a size cap and timeouts) and calling callback URLs.
+//! hashed, under a size cap and timeouts) and calling callback URLs, both under
+//! the address policy of [`policy`].
+
+pub mod policy;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,6 +10,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
+
+use self::policy::{AddressPolicy, Refused};
 
 /// Limits and policy for outbound requests.
 #[derive(Debug, Clone)]
@@ -23,6 +28,8 @@ pub struct FetchSettings {
     pub callback_timeout: Duration,
     /// Where `file://` downloads may come from; `None` refuses `file://`.
     pub uploads_dir: Option<PathBuf>,
+    /// Which destinations may be reached.
+    pub policy: AddressPolicy,
 }
 
 impl Default for FetchSettings {
@@ -34,6 +41,7 @@ impl Default for FetchSettings {
             read_timeout: Duration::from_secs(10),
             callback_timeout: Duration::from_secs(10),
             uploads_dir: None,
+            policy: AddressPolicy::default(),
         }
     }
 }
@@ -64,6 +72,9 @@ pub enum FetchError {
     /// Connection refused, reset, closed early, TLS failure, too many redirects...
     #[error("{0}")]
     Transport(String),
+    /// The destination (or a redirect's) is not allowed by the address policy.
+    #[error("{0}")]
+    Refused(String),
     /// `file://` outside the allowed directory, or not allowed at all.
     #[error("file access denied: {0}")]
     FileAccess(String),
@@ -77,6 +88,29 @@ pub enum FetchError {
 pub struct Fetcher {
     client: reqwest::Client,
     settings: FetchSettings,
+}
+
+/// A redirect refused by the policy.
+#[derive(Debug, thiserror::Error)]
+#[error("redirect to {url} refused: {reason}")]
+struct RedirectRefused {
+    url: String,
+    reason: String,
+}
+
+/// The policy's own words, when `err` (or one of its sources) is a refusal.
+fn refusal(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<Refused>() {
+            return Some(r.to_string());
+        }
+        if let Some(r) = e.downcast_ref::<RedirectRefused>() {
+            return Some(r.to_string());
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// `err` and its sources, joined by `: `.
@@ -95,12 +129,27 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Fetcher {
-    /// Builds the client. TLS certificates are verified; at most 3 redirects.
+    /// Builds the client. TLS certificates are verified; at most 3 redirects,
+    /// each checked against the address policy, as is every resolved address.
     pub fn new(settings: FetchSettings) -> Result<Self, String> {
+        let policy = settings.policy.clone();
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > 3 {
+                return attempt.error("too many redirects (at most 3 are followed)");
+            }
+            match policy.check_url(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(reason) => {
+                    let url = attempt.url().to_string();
+                    attempt.error(RedirectRefused { url, reason })
+                }
+            }
+        });
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirects)
+            .dns_resolver(settings.policy.resolver())
             .user_agent(concat!("kuiper-registry/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()
@@ -143,8 +192,11 @@ impl Fetcher {
         tmp: tempfile::NamedTempFile,
     ) -> Result<Download, FetchError> {
         let limit = self.settings.max_download_bytes;
+        self.settings.policy.check_url(url).map_err(FetchError::Refused)?;
         let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
+            if let Some(r) = refusal(&e) {
+                FetchError::Refused(r)
+            } else if e.is_timeout() {
                 FetchError::Timeout(self.settings.read_timeout.as_secs())
             } else if e.is_body() || e.is_decode() {
                 FetchError::Transport(format!(
@@ -271,9 +323,16 @@ impl Fetcher {
         .map_err(|e| FetchError::Local(e.to_string()))?
     }
 
+    /// Checks a URL against the address policy before it is used (names are
+    /// checked again when resolved).
+    pub fn check_destination(&self, url: &Url) -> Result<(), String> {
+        self.settings.policy.check_url(url)
+    }
+
     /// Sends one `GET` to a callback URL; `Err` holds what went wrong
     /// (`status 500 Internal Server Error`, or the transport error).
     pub async fn callback(&self, url: &Url) -> Result<(), String> {
+        self.settings.policy.check_url(url)?;
         let resp = self
             .client
             .get(url.clone())
@@ -281,7 +340,9 @@ impl Fetcher {
             .send()
             .await
             .map_err(|e| {
-                if e.is_timeout() {
+                if let Some(r) = refusal(&e) {
+                    r
+                } else if e.is_timeout() {
                     format!(
                         "GET {url}: timed out after {} s",
                         self.settings.callback_timeout.as_secs()
