@@ -67,12 +67,31 @@ pub struct ServiceConfig {
     #[arg(long, env = "KUIPER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
 
+    /// Directory of RSA public keys (PEM); when set, requests need an RS256 JWT whose `iss` names one.
+    #[arg(long, env = "KUIPER_AUTH_KEYS_DIR")]
+    pub auth_keys_dir: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback address without authentication.
+    #[arg(long, env = "KUIPER_INSECURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub insecure: bool,
+
     /// Seconds for a whole callback request.
     #[arg(long, env = "KUIPER_CALLBACK_TIMEOUT_SECS", default_value_t = 10)]
     pub callback_timeout_secs: u64,
 }
 
 impl ServiceConfig {
+    /// Refuses to expose an unauthenticated server beyond loopback unless told to.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && self.auth_keys_dir.is_none() && !self.insecure {
+            return Err(format!(
+                "refusing to listen on {} without authentication: set KUIPER_AUTH_KEYS_DIR, or KUIPER_INSECURE=true to accept the risk",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
     /// The parsed store location.
     pub fn store_url(&self) -> Result<StoreUrl, String> {
         StoreUrl::parse(&self.store)

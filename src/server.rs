@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::api::auth::AuthKeys;
 use crate::api::{self, AppState};
 use crate::config::ServiceConfig;
 use crate::fetch::Fetcher;
@@ -18,9 +19,14 @@ use crate::store::{Store, StoreUrl};
 pub fn build_app<S: Store>(store: S, config: &ServiceConfig) -> Result<Router, String> {
     let fetcher = Fetcher::new(config.fetch_settings())?;
     let registry = Registry::new(store, fetcher, config.registry_settings());
+    let auth = match &config.auth_keys_dir {
+        Some(dir) => Some(AuthKeys::load(dir)?),
+        None => None,
+    };
     Ok(api::app(Arc::new(AppState {
         registry,
         max_body_bytes: config.max_body_bytes,
+        auth,
     })))
 }
 

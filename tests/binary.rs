@@ -235,3 +235,33 @@ async fn file_urls_only_from_the_uploads_directory() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn non_loopback_listen_needs_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ("KUIPER_STORE", dir.path().join("data").display().to_string());
+    let err = start_fails(&[store.clone(), ("KUIPER_LISTEN", "0.0.0.0:0".into())]).await;
+    assert!(err.contains("refusing to listen on 0.0.0.0:0 without authentication"), "{err}");
+    assert!(!dir.path().join("data").exists(), "refused before touching the store");
+
+    // With keys configured, it starts (and requests need tokens).
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let (name, pem) = kuiper_harness::auth::trusted_public_key();
+    std::fs::write(keys.join(name), pem).unwrap();
+    let (_child, base) = start(&[
+        store.clone(),
+        ("KUIPER_LISTEN", "0.0.0.0:0".into()),
+        ("KUIPER_AUTH_KEYS_DIR", keys.display().to_string()),
+    ])
+    .await;
+    let port = base.rsplit(':').next().unwrap();
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/plugins/sinks")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // An empty keys directory is refused at startup.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = start_fails(&[store, ("KUIPER_AUTH_KEYS_DIR", empty.display().to_string())]).await;
+    assert!(err.contains("holds no RSA public key"), "{err}");
+}

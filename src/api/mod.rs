@@ -1,6 +1,7 @@
 //! The HTTP edge: the route table ([`app`]) shared by Lambda, the local server
 //! and the tests. Handlers live in [`handlers`], error answers in [`error`].
 
+pub mod auth;
 pub mod error;
 pub mod handlers;
 
@@ -21,6 +22,8 @@ pub struct AppState<S> {
     pub registry: Registry<S>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// When set, every request but `GET /` and `GET /ping` needs a token.
+    pub auth: Option<auth::AuthKeys>,
 }
 
 /// The route table.
@@ -35,7 +38,8 @@ pub struct AppState<S> {
 /// | `DELETE /rules/{type}/{name}` | delete (alias from the seed document) |
 pub fn app<S: Store>(state: Arc<AppState<S>>) -> Router {
     let max_body = state.max_body_bytes;
-    Router::new()
+    let auth = state.auth.clone();
+    let router = Router::new()
         .route("/", get(handlers::root))
         .route("/ping", get(handlers::ping))
         .route("/plugins/udfs", get(handlers::list_udfs::<S>))
@@ -58,6 +62,10 @@ pub fn app<S: Store>(state: Arc<AppState<S>>) -> Router {
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    let router = match auth {
+        Some(keys) => router.layer(axum::middleware::from_fn_with_state(keys, auth::require_token)),
+        None => router,
+    };
+    router.layer(TraceLayer::new_for_http())
 }

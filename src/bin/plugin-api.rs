@@ -45,6 +45,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
+    if !lambda {
+        config.check_exposure()?;
+    }
     let store = server::open_store(&config.store_url()?).await?;
     let (app, location) = match store {
         StoreKind::Local(s) => {

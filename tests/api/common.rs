@@ -158,7 +158,21 @@ impl TestEnv {
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<String>) -> Resp {
+        self.request_auth(method, path, body, None).await
+    }
+
+    /// A request with an `Authorization` header value.
+    pub async fn request_auth(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+        authorization: Option<&str>,
+    ) -> Resp {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }

@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod auth;
 mod callbacks;
 mod create;
 mod delete;
