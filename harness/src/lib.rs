@@ -5,8 +5,10 @@
 //! - [`raw::RawHost`]: a TCP host that answers with exact bytes (lying lengths, stalls).
 //! - [`zips::ZipBuilder`]: builds valid, malformed and malicious zips.
 //! - [`s3::S3Server`]: an in-process S3-protocol server (s3s + s3s-fs) with SigV4.
-//! - [`plugins`]: real `.so` plugins compiled from the example crates.
+//! - [`plugins`]: real `.so` plugins compiled from the example crates, and
+//!   from the C example `c-plugin/plugin.c` with `cc`.
 
+pub mod auth;
 pub mod callbacks;
 pub mod files;
 pub mod plugins;
