@@ -1,5 +1,6 @@
 //! Real `.so` plugins, compiled once per test run from the example crates in
-//! `harness/plugins/` (Rust `cdylib`s exporting the ABI v1 descriptor).
+//! `harness/plugins/` (Rust `cdylib`s exporting the ABI v1 descriptor), and
+//! variants of the C example `harness/c-plugin/plugin.c` built with `cc`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,4 +59,91 @@ pub fn example_so(name: &str) -> Vec<u8> {
     let dir = build_examples().expect("example plugins build");
     let path = dir.join(format!("libplugin_{name}.so"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// A variant of the C example plugin (`harness/c-plugin/plugin.c`, built
+/// against `docs/kuiper_plugin.h`): the exported symbol and the descriptor's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CPlugin {
+    /// The exported entry point, e.g. `Cprint`.
+    pub symbol: String,
+    /// The descriptor's `name`.
+    pub name: String,
+    /// The descriptor's `kind` (0 source, 1 sink, 2 function).
+    pub kind: u32,
+    /// The descriptor's `version`.
+    pub version: String,
+    /// The descriptor's `abi_version`.
+    pub abi: u32,
+}
+
+impl CPlugin {
+    /// Plugin `name` of `kind`, version `version`, exporting `Name` (ABI v1).
+    pub fn new(name: &str, kind: u32, version: &str) -> Self {
+        let mut chars = name.chars();
+        let symbol = match chars.next() {
+            Some(c) => c.to_uppercase().chain(chars).collect(),
+            None => String::new(),
+        };
+        CPlugin {
+            symbol,
+            name: name.to_string(),
+            kind,
+            version: version.to_string(),
+            abi: 1,
+        }
+    }
+
+    /// Compiles this variant with `cc -shared -fPIC` (or `$CC`), once, and
+    /// returns the library's path.
+    pub fn build(&self) -> Result<PathBuf, String> {
+        let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok(&self.symbol) || !ok(&self.name) || !(self.version.is_empty() || ok(&self.version)) {
+            return Err(format!("unsupported characters in {self:?}"));
+        }
+        // One build at a time in this process; across processes the
+        // temporary name is unique and the rename atomic.
+        static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = target_dir().join("c");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let out = dir.join(format!(
+            "lib{}-{}-{}-{}-{}.so",
+            self.symbol, self.name, self.kind, self.version, self.abi
+        ));
+        if out.exists() {
+            return Ok(out);
+        }
+        let root = workspace_root();
+        let tmp = dir.join(format!(".{}.{}.tmp", self.symbol, std::process::id()));
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let output = Command::new(&cc)
+            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror"])
+            .arg("-I")
+            .arg(root.join("docs"))
+            .arg(format!("-DPLUGIN_SYMBOL={}", self.symbol))
+            .arg(format!("-DPLUGIN_NAME=\"{}\"", self.name))
+            .arg(format!("-DPLUGIN_KIND={}u", self.kind))
+            .arg(format!("-DPLUGIN_VERSION=\"{}\"", self.version))
+            .arg(format!("-DPLUGIN_ABI={}u", self.abi))
+            .arg("-o")
+            .arg(&tmp)
+            .arg(root.join("harness/c-plugin/plugin.c"))
+            .output()
+            .map_err(|e| format!("cannot run {cc}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{cc} failed to build the C plugin:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        std::fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
+        Ok(out)
+    }
+
+    /// The bytes of this variant's library.
+    pub fn so(&self) -> Vec<u8> {
+        let path = self.build().expect("C plugin builds");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use kuiper_registry::node::{self, Progress, Report, SyncOptions};
 use kuiper_registry::store::StoreUrl;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +69,36 @@ impl Common {
     }
 }
 
+/// SIGTERM and SIGINT, listened to from the moment they are installed.
+struct StopSignals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
+        }
+    }
+}
+
 fn print_report(report: &Report) {
     let json = serde_json::to_string(report).expect("report serializes");
     let mut out = std::io::stdout().lock();
@@ -108,6 +139,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Signal handlers are installed before the report is printed, so a
+    // supervisor that signals as soon as it has read the report is honoured.
+    let stop = if load && !once {
+        Some(StopSignals::install())
+    } else {
+        None
+    };
     let mut report = synced.report.clone();
     let libraries = if load {
         node::load_installed(&synced, &mut report, &progress)
@@ -116,12 +154,12 @@ async fn main() -> ExitCode {
     };
     progress.finish();
     print_report(&report);
-    if load && !once {
+    if let Some(stop) = stop {
         progress.line(&format!(
             "{} plugin(s) loaded; running until SIGTERM or SIGINT",
             libraries.len()
         ));
-        kuiper_registry::server::shutdown_signal().await;
+        stop.wait().await;
         progress.line("signal received, exiting");
     }
     // Plugins are never unloaded: the process exits with them mapped.

@@ -11,6 +11,7 @@ use std::os::raw::c_char;
 use std::path::Path;
 
 use libloading::Library;
+use object::read::elf::{FileHeader, ProgramHeader};
 use serde::Serialize;
 
 use crate::package::{uc_first, PluginType};
@@ -67,6 +68,18 @@ fn kind_name(kind: u32) -> String {
     }
 }
 
+/// An error and its sources, `: `-separated (libloading keeps dlerror's text in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
 /// Reads a NUL-terminated string of at most 4 KiB; `None` for a null pointer.
 ///
 /// # Safety
@@ -84,19 +97,58 @@ unsafe fn c_string(p: *const c_char) -> Option<Result<String, String>> {
     Some(std::str::from_utf8(bytes).map(str::to_string).map_err(|_| "not valid UTF-8".to_string()))
 }
 
+/// Checks that the ELF file at `path` is whole: its program headers, the
+/// segments they map and its section headers lie within the file. glibc's
+/// `dlopen` maps a truncated library's segments past the end of the file and
+/// the process dies with SIGBUS when they are touched, so this runs first.
+pub fn check_complete_elf(path: &Path) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let result = match object::FileKind::parse(&*data) {
+        Ok(object::FileKind::Elf64) => check_elf::<object::elf::FileHeader64<object::Endianness>>(&data),
+        Ok(object::FileKind::Elf32) => check_elf::<object::elf::FileHeader32<object::Endianness>>(&data),
+        _ => Err("it is not an ELF file".to_string()),
+    };
+    result.map_err(|e| format!("cannot load {}: {e}; not loaded", path.display()))
+}
+
+fn check_elf<H: FileHeader<Endian = object::Endianness>>(data: &[u8]) -> Result<(), String> {
+    let header = H::parse(data).map_err(|e| format!("bad ELF header: {e}"))?;
+    let endian = header.endian().map_err(|e| format!("bad ELF header: {e}"))?;
+    let phdrs = header
+        .program_headers(endian, data)
+        .map_err(|e| format!("the file is truncated or corrupt (program headers: {e})"))?;
+    for p in phdrs {
+        if p.data(endian, data).is_err() {
+            let (offset, size) = p.file_range(endian);
+            return Err(format!(
+                "the file is truncated: a segment spans bytes {offset}..{} but the file has {} bytes",
+                offset.saturating_add(size),
+                data.len()
+            ));
+        }
+    }
+    header
+        .section_headers(endian, data)
+        .map_err(|e| format!("the file is truncated or corrupt (section headers: {e})"))?;
+    Ok(())
+}
+
 /// Loads the library at `path`, installed as plugin `name` of type `ty`, and
 /// checks its ABI v1 descriptor.
 pub fn load(path: &Path, ty: PluginType, name: &str) -> Result<LoadedPlugin, String> {
     let symbol = uc_first(name);
+    check_complete_elf(path)?;
     // SAFETY: loading a library runs its initialisers; the node agent's whole
     // purpose is to load the plugins the registry validated and it installed.
-    let library = unsafe { Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    let library =
+        unsafe { Library::new(path) }.map_err(|e| format!("cannot load {}: {}", path.display(), chain(&e)))?;
     let descriptor = {
         // SAFETY: ABI v1 defines the symbol as `const KuiperPluginV1 *Name(void)`.
         let entry = unsafe { library.get::<EntryPoint>(symbol.as_bytes()) }.map_err(|e| {
             format!(
-                "symbol {symbol} not found in {} (ABI v1 plugins export `const KuiperPluginV1 *{symbol}(void)`): {e}",
-                path.display()
+                "symbol {symbol} not found in {} (ABI v1 plugins export `const KuiperPluginV1 *{symbol}(void)`): {}",
+                path.display(),
+                chain(&e)
             )
         })?;
         // SAFETY: as above; the function takes no arguments.

@@ -237,7 +237,7 @@ pub fn load_installed(synced: &Synced, report: &mut Report, progress: &Progress)
                 loaded.push(p);
             }
             Err(error) => {
-                progress.line(&format!("failed  {}/{}: {error}", e.plugin_type, e.name));
+                progress.line(&format!("failed    {}/{}: {error}", e.plugin_type, e.name));
                 report.failed.push(Failure {
                     plugin_type: e.plugin_type.as_str().to_string(),
                     name: e.name.clone(),

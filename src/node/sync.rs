@@ -254,7 +254,7 @@ impl<S: Store> Ctx<'_, S> {
     }
 
     fn fail(&self, ty: PluginType, name: &str, error: String) {
-        self.progress.line(&format!("failed  {ty}/{name}: {error}"));
+        self.progress.line(&format!("failed    {ty}/{name}: {error}"));
         self.report.lock().expect("report lock").failed.push(Failure {
             plugin_type: ty.as_str().to_string(),
             name: name.to_string(),

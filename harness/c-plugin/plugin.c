@@ -1,0 +1,50 @@
+/*
+ * An example Kuiper plugin in C (ABI v1, docs/plugin-abi.md), compiled by the
+ * tests with `cc -shared -fPIC -I docs`. By default it is the sink `cprint`;
+ * the tests build variants with -D:
+ *
+ *   PLUGIN_SYMBOL   exported entry point        (default Cprint)
+ *   PLUGIN_NAME     descriptor name             (default "cprint")
+ *   PLUGIN_KIND     descriptor kind             (default KUIPER_PLUGIN_SINK)
+ *   PLUGIN_VERSION  descriptor version          (default "1.0.0")
+ *   PLUGIN_ABI      descriptor abi_version      (default KUIPER_PLUGIN_ABI_VERSION)
+ */
+#include <stddef.h>
+
+#include "kuiper_plugin.h"
+
+#ifndef PLUGIN_SYMBOL
+#define PLUGIN_SYMBOL Cprint
+#endif
+#ifndef PLUGIN_NAME
+#define PLUGIN_NAME "cprint"
+#endif
+#ifndef PLUGIN_KIND
+#define PLUGIN_KIND KUIPER_PLUGIN_SINK
+#endif
+#ifndef PLUGIN_VERSION
+#define PLUGIN_VERSION "1.0.0"
+#endif
+#ifndef PLUGIN_ABI
+#define PLUGIN_ABI KUIPER_PLUGIN_ABI_VERSION
+#endif
+
+static const KuiperPluginV1 descriptor = {
+    PLUGIN_ABI,
+    PLUGIN_KIND,
+    PLUGIN_NAME,
+    PLUGIN_VERSION,
+};
+
+/* A sink's work: here, the number of bytes it would print. */
+KUIPER_PLUGIN_EXPORT size_t kuiper_c_plugin_collect(const char *data) {
+    size_t n = 0;
+    while (data != NULL && data[n] != '\0') {
+        n++;
+    }
+    return n;
+}
+
+KUIPER_PLUGIN_EXPORT const KuiperPluginV1 *PLUGIN_SYMBOL(void) {
+    return &descriptor;
+}

@@ -1,0 +1,112 @@
+//! A sync killed part-way (SIGKILL, while it is in the middle of installing)
+//! leaves only whole libraries under `plugins/`, and the next sync repairs the
+//! directory to the registry's state.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{c_lib, files_under, lib, random_zip, so_zip, Env};
+use kuiper_harness::zips::ZipBuilder;
+
+on_both_stores!(killed_sync_is_repaired_by_the_next);
+
+/// Waits for `path` to appear (the sync reached the point the test kills it at).
+async fn wait_for(path: &Path) -> String {
+    for _ in 0..2400 {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if s.ends_with('\n') {
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+async fn killed_sync_is_repaired_by_the_next(env: Env) {
+    env.publish("sources", "random", random_zip()).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print"))).await;
+    env.publish("functions", "echo", so_zip("Echo.so", lib("echo"))).await;
+    env.sync(&[]).await.assert_ok();
+
+    // The registry moves on: print 2.0.0, echo dropped, and a new sink whose
+    // install.sh blocks the first time it runs (the point where the sync is killed).
+    let v2 = c_lib("print", 1, "2.0.0");
+    env.update("sinks", "print", so_zip("Print@v2.0.0.so", v2.clone())).await;
+    env.drop_plugin("functions", "echo").await;
+    let started = env.scratch().join("blocker-started");
+    let script = "if [ ! -e \"$1\" ]; then echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; exec sleep 600; fi\n";
+    let blocker = ZipBuilder::new()
+        .file("Blocker.so", c_lib("blocker", 1, "1"))
+        .file("install.sh", script)
+        .build();
+    env.publish_with(
+        "sinks",
+        "blocker",
+        blocker,
+        json!({"shellParas": [started.display().to_string()]}),
+    )
+    .await;
+
+    let store = env.store_arg();
+    let root = env.root().display().to_string();
+    let mut child = env
+        .node_command(&["sync", "--store", &store, "--root", &root, "--allow-install-scripts"])
+        .spawn()
+        .expect("spawn kuiper-node");
+    let pid: libc::pid_t = wait_for(&started).await.trim().parse().expect("script pid");
+    child.kill().await.expect("SIGKILL kuiper-node");
+    // SAFETY: killing the process group of the script this test made block.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    assert!(!child.wait().await.unwrap().success());
+
+    // What the killed sync left: only whole libraries in plugins/, all of
+    // them ones the registry published; blocker's files only in the agent's
+    // temporary directory, never under a .so name in plugins/.
+    let known = [lib("random"), lib("print"), lib("echo"), v2.clone()];
+    for f in files_under(&env.root().join("plugins")) {
+        assert!(f.ends_with(".so"), "stray file plugins/{f}");
+        let bytes = env.node_file(&format!("plugins/{f}"));
+        assert!(known.contains(&bytes), "plugins/{f} is not a whole published library");
+    }
+    assert!(!env.root().join("plugins/sinks/Blocker.so").exists());
+    let leftovers = files_under(&env.root().join(".kuiper-node/tmp"));
+    assert!(
+        leftovers.iter().any(|f| f.starts_with("sinks-blocker/")),
+        "the sync was killed while installing blocker: {leftovers:?}"
+    );
+    let manifest = std::fs::read(env.root().join(".kuiper-node/manifest.json")).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&manifest).expect("the manifest is never half-written");
+
+    // The next run repairs everything and loads the new state.
+    let run = env.run_once(&["--allow-install-scripts"]).await;
+    run.assert_ok();
+    assert_eq!(run.list("installed"), ["sinks/blocker@"]);
+    let print_state = [run.list("updated"), run.list("unchanged")].concat();
+    assert!(print_state.contains(&"sinks/print@2.0.0".to_string()), "{}", run.report);
+    assert_eq!(
+        run.report["loaded"],
+        json!([
+            {"type": "sources", "name": "random", "version": "1.0.0", "symbol": "Random"},
+            {"type": "sinks", "name": "blocker", "version": "1", "symbol": "Blocker"},
+            {"type": "sinks", "name": "print", "version": "2.0.0", "symbol": "Print"},
+        ])
+    );
+    assert_eq!(
+        env.node_files(),
+        [
+            "etc/sources/random.json",
+            "etc/sources/random.yaml",
+            "etc/sources/random/conf/extra.txt",
+            "plugins/sinks/Blocker.so",
+            "plugins/sinks/Print@v2.0.0.so",
+            "plugins/sources/Random.so",
+        ]
+    );
+    assert_eq!(files_under(&env.root().join(".kuiper-node/tmp")), Vec::<String>::new());
+    let again = env.sync(&["--allow-install-scripts"]).await;
+    again.assert_ok();
+    assert_eq!(again.list("unchanged").len(), 3);
+}

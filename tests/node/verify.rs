@@ -1,0 +1,86 @@
+//! What the node checks before installing: the zip's SHA-256 against the
+//! metadata, and the library's architecture against the node's.
+
+use serde_json::json;
+
+use crate::common::{lib, random_zip, so_zip, Env};
+
+on_both_stores!(sha256_mismatch_installs_nothing, other_architecture_is_skipped);
+
+async fn sha256_mismatch_installs_nothing(env: Env) {
+    env.publish("sources", "random", random_zip()).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print"))).await;
+    // Someone replaces print's stored zip with another valid plugin zip.
+    let sha = env.meta("sinks", "print").await["sha256"].as_str().unwrap().to_string();
+    let blob = env.object_path(&format!("blobs/sha256/{sha}.zip"));
+    std::fs::write(&blob, so_zip("Print.so", lib("echo"))).unwrap();
+
+    let run = env.run_once(&[]).await;
+    run.assert_failed();
+    let err = run.error_of("sinks/print");
+    assert!(err.contains("sha256 mismatch"), "{err}");
+    assert!(err.contains(&sha), "{err}");
+    assert_eq!(run.list("installed"), ["sources/random@"]);
+    assert_eq!(
+        run.report["loaded"],
+        json!([{"type": "sources", "name": "random", "version": "1.0.0", "symbol": "Random"}])
+    );
+    // Nothing of print is on the node.
+    assert!(
+        env.node_files().iter().all(|f| !f.contains("sinks")),
+        "{:?}",
+        env.node_files()
+    );
+
+    // Once the store holds the right zip again, the next run installs it.
+    let original = env.meta("sinks", "print").await;
+    assert_eq!(original["sha256"], sha.as_str());
+    std::fs::write(&blob, so_zip("Print.so", lib("print"))).unwrap();
+    let again = env.run_once(&[]).await;
+    again.assert_ok();
+    assert_eq!(again.list("installed"), ["sinks/print@"]);
+    assert_eq!(env.node_file("plugins/sinks/Print.so"), lib("print"));
+}
+
+/// The example sink with its ELF machine changed to another architecture.
+fn foreign_library() -> (Vec<u8>, &'static str) {
+    let mut so = lib("print");
+    let (machine, name): (u16, &str) = if std::env::consts::ARCH == "aarch64" {
+        (62, "x86_64")
+    } else {
+        (183, "aarch64")
+    };
+    assert_eq!(&so[..4], b"\x7fELF");
+    assert_eq!(so[5], 1, "little-endian ELF expected");
+    so[18..20].copy_from_slice(&machine.to_le_bytes());
+    (so, name)
+}
+
+async fn other_architecture_is_skipped(env: Env) {
+    let (so, arch) = foreign_library();
+    env.publish("sinks", "print", so_zip("Print.so", so)).await;
+    env.publish("sources", "random", random_zip()).await;
+    assert_eq!(env.meta("sinks", "print").await["arch"], arch);
+
+    let check = |run: &crate::common::NodeRun| {
+        run.assert_failed();
+        let err = run.error_of("sinks/print");
+        assert!(err.contains(&format!("built for {arch}")), "{err}");
+        assert!(err.contains("not installed and not loaded"), "{err}");
+        assert_eq!(run.failures().len(), 1, "{}", run.report);
+    };
+    let sync = env.sync(&[]).await;
+    check(&sync);
+    assert_eq!(sync.list("installed"), ["sources/random@"]);
+    let run = env.run_once(&[]).await;
+    check(&run);
+    assert_eq!(
+        run.report["loaded"],
+        json!([{"type": "sources", "name": "random", "version": "1.0.0", "symbol": "Random"}])
+    );
+    assert!(
+        env.node_files().iter().all(|f| !f.contains("sinks")),
+        "{:?}",
+        env.node_files()
+    );
+}
