@@ -82,6 +82,22 @@ pub struct PluginRequest {
     pub shell_paras: Vec<String>,
 }
 
+/// What [`Registry::gc`] found and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReport {
+    /// Zips some metadata points at.
+    pub blobs_referenced: usize,
+    /// Unreferenced zips removed (or that would be, with `dry_run`).
+    pub blobs_removed: Vec<String>,
+    /// Unreferenced zips kept because they are younger than the minimum age.
+    pub blobs_too_young: Vec<String>,
+    /// Stale function-name claims removed.
+    pub claims_removed: Vec<String>,
+    /// Nothing was deleted.
+    pub dry_run: bool,
+}
+
 /// Which plugin owns a function name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UdfOwner {
@@ -340,10 +356,10 @@ impl<S: Store> Registry<S> {
         })
         .await
         .map_err(|e| RegistryError::Internal(format!("zip check failed: {e}")))??;
+        // Uploaded even when the same content is stored already: the fresh write
+        // keeps `gc` (which spares young zips) from removing it under this request.
         let key = keys::blob(&download.sha256);
-        if !self.store.exists(&key).await? {
-            self.store.put_file(&key, download.file.path()).await?;
-        }
+        self.store.put_file(&key, download.file.path()).await?;
         Ok(Staged {
             sha256: download.sha256,
             size: download.size,
@@ -767,5 +783,63 @@ impl<S: Store> Registry<S> {
                 tracing::warn!(function = %f, error = %e, "could not release a function name claim");
             }
         }
+    }
+
+    /// Removes zips that no metadata points at, and function-name claims that
+    /// no committed plugin holds, when older than `min_age` (which must exceed
+    /// the longest request, so that a create in progress keeps what it wrote).
+    pub async fn gc(&self, min_age: Duration, dry_run: bool) -> Result<GcReport> {
+        let mut referenced = BTreeSet::new();
+        let mut functions = BTreeSet::new();
+        for ty in PluginType::ALL {
+            for name in self.list(ty).await? {
+                if let Some((meta, _)) = self.read_meta(ty, &name).await? {
+                    referenced.insert(meta.blob.clone());
+                    for f in meta.functions.unwrap_or_default() {
+                        functions.insert((f, meta.id.clone()));
+                    }
+                }
+            }
+        }
+        let cutoff = now_secs().saturating_sub(min_age.as_secs());
+        let mut report = GcReport {
+            blobs_referenced: referenced.len(),
+            dry_run,
+            ..GcReport::default()
+        };
+        for blob in self.store.list(keys::BLOBS_PREFIX).await? {
+            if referenced.contains(&blob.key) {
+                continue;
+            }
+            if blob.modified > cutoff {
+                report.blobs_too_young.push(blob.key);
+                continue;
+            }
+            if !dry_run {
+                self.store.delete(&blob.key).await?;
+            }
+            report.blobs_removed.push(blob.key);
+        }
+        for listed in self.store.list(keys::UDFS_PREFIX).await? {
+            let Some(obj) = self.store.get(&listed.key).await? else {
+                continue;
+            };
+            let function = listed
+                .key
+                .trim_start_matches(keys::UDFS_PREFIX)
+                .trim_end_matches(".json")
+                .to_string();
+            let stale = match serde_json::from_slice::<Claim>(&obj.body) {
+                Ok(c) => !functions.contains(&(function.clone(), c.id)) && c.claimed_at <= cutoff,
+                Err(_) => listed.modified <= cutoff,
+            };
+            if stale {
+                if !dry_run {
+                    self.store.delete(&listed.key).await?;
+                }
+                report.claims_removed.push(function);
+            }
+        }
+        Ok(report)
     }
 }

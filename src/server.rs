@@ -15,10 +15,15 @@ use crate::store::local::LocalStore;
 use crate::store::s3::{S3Settings, S3Store};
 use crate::store::{Store, StoreUrl};
 
+/// Builds the registry for `store` with the settings of `config`.
+pub fn build_registry<S: Store>(store: S, config: &ServiceConfig) -> Result<Registry<S>, String> {
+    let fetcher = Fetcher::new(config.fetch_settings())?;
+    Ok(Registry::new(store, fetcher, config.registry_settings()))
+}
+
 /// Builds the router for `store` with the settings of `config`.
 pub fn build_app<S: Store>(store: S, config: &ServiceConfig) -> Result<Router, String> {
-    let fetcher = Fetcher::new(config.fetch_settings())?;
-    let registry = Registry::new(store, fetcher, config.registry_settings());
+    let registry = build_registry(store, config)?;
     let auth = match &config.auth_keys_dir {
         Some(dir) => Some(AuthKeys::load(dir)?),
         None => None,

@@ -265,3 +265,103 @@ async fn non_loopback_listen_needs_authentication() {
     let err = start_fails(&[store, ("KUIPER_AUTH_KEYS_DIR", empty.display().to_string())]).await;
     assert!(err.contains("holds no RSA public key"), "{err}");
 }
+
+async fn killed_mid_create_leaves_no_plugin(envs: Vec<(&'static str, String)>) {
+    let files = FileHost::start().await;
+    let url = files.serve_slow("/sinks/slow.zip", plugin_zip("slow"), Duration::from_secs(20)).await;
+    let (mut child, base) = start(&envs).await;
+    let pending = tokio::spawn({
+        let (base, url) = (base.clone(), url.clone());
+        async move { create(&base, "sinks", "slow", &url).await }
+    });
+    // Wait until the download has started, then kill the process outright.
+    for _ in 0..200 {
+        if files.hits("/sinks/slow.zip").await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(files.hits("/sinks/slow.zip").await, 1, "the create was under way");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let _ = pending.await;
+    let (_again, base) = start(&envs).await;
+    assert!(list(&base, "sinks").await.is_empty(), "no half-created plugin");
+    let r = reqwest::get(format!("{base}/plugins/sinks/slow")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn killed_mid_create_local() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_mid_create_leaves_no_plugin(vec![("KUIPER_STORE", dir.path().join("data").display().to_string())]).await;
+}
+
+#[tokio::test]
+async fn killed_mid_create_s3() {
+    let server = S3Server::start("plugins").await;
+    killed_mid_create_leaves_no_plugin(s3_env(&server, "s3://plugins", SECRET_KEY)).await;
+}
+
+async fn gc_command(envs: Vec<(&'static str, String)>, blobs_dir: std::path::PathBuf) {
+    let files = FileHost::start().await;
+    let v1 = files.serve("/sinks/g1.zip", plugin_zip("gc")).await;
+    let v2 = files
+        .serve(
+            "/sinks/g2.zip",
+            ZipBuilder::new().file("Gc@v2.so", example_so("print")).build(),
+        )
+        .await;
+    let (_child, base) = start(&envs).await;
+    assert_eq!(create(&base, "sinks", "gc", &v1).await.0, 201);
+    let r = reqwest::Client::new()
+        .put(format!("{base}/plugins/sinks/gc"))
+        .body(json!({"file": v2}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let count = || std::fs::read_dir(&blobs_dir).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(count(), 2, "v1's zip is now unreferenced");
+
+    let run_gc = |args: Vec<&'static str>| {
+        let mut cmd = command(&envs);
+        cmd.arg("gc").args(args);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    // Young zips are spared by default.
+    let report = run_gc(vec![]).await;
+    assert_eq!(report["blobsRemoved"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["blobsTooYoung"].as_array().unwrap().len(), 1, "{report}");
+    let report = run_gc(vec!["--min-age-secs", "0", "--dry-run"]).await;
+    assert_eq!(report["blobsRemoved"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(count(), 2, "a dry run removes nothing");
+    let report = run_gc(vec!["--min-age-secs", "0"]).await;
+    assert_eq!(report["blobsRemoved"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["blobsReferenced"], 1);
+    assert_eq!(count(), 1);
+    let d: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("{base}/plugins/sinks/gc")).await.unwrap().text().await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(d["version"], "2", "the plugin is intact");
+    assert!(blobs_dir.join(format!("{}.zip", d["sha256"].as_str().unwrap())).is_file());
+}
+
+#[tokio::test]
+async fn gc_removes_only_unreferenced_zips_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    gc_command(vec![("KUIPER_STORE", data.display().to_string())], data.join("blobs/sha256")).await;
+}
+
+#[tokio::test]
+async fn gc_removes_only_unreferenced_zips_s3() {
+    let server = S3Server::start("plugins").await;
+    let blobs = server.bucket_dir().join("blobs/sha256");
+    gc_command(s3_env(&server, "s3://plugins", SECRET_KEY), blobs).await;
+}

@@ -39,6 +39,8 @@ pub struct Stats {
     pub deletes: AtomicU64,
     /// When non-zero, every request fails with this status (500 or 503).
     pub fail_with: AtomicU16,
+    /// When set, PutObject of keys containing this text fails with 503.
+    pub fail_puts_containing: Mutex<Option<String>>,
 }
 
 struct Serialized {
@@ -103,6 +105,16 @@ impl S3 for Serialized {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.fault()?;
+        let doomed = self
+            .stats
+            .fail_puts_containing
+            .lock()
+            .expect("fault lock")
+            .as_ref()
+            .is_some_and(|needle| req.input.key.contains(needle.as_str()));
+        if doomed {
+            return Err(s3_error!(ServiceUnavailable, "injected outage for this key"));
+        }
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         let lock = self.lock_for(&req.input.bucket, &req.input.key);
         let _guard = lock.lock().await;
@@ -261,6 +273,12 @@ impl S3Server {
         self.stats
             .fail_with
             .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Makes PutObject fail with 503 for keys containing `needle` (`None` heals):
+    /// a store that fails in the middle of a request.
+    pub fn fail_puts_containing(&self, needle: Option<&str>) {
+        *self.stats.fail_puts_containing.lock().expect("fault lock") = needle.map(str::to_string);
     }
 
     /// Stops accepting connections (the endpoint then refuses them).

@@ -15,6 +15,23 @@ use kuiper_registry::server::{self, StoreKind};
 struct Cli {
     #[command(flatten)]
     config: ServiceConfig,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Remove zips no plugin points at and stale function-name claims; prints a JSON report.
+    Gc {
+        /// Spare anything younger than this (must exceed the longest request).
+        #[arg(long, default_value_t = 3600)]
+        min_age_secs: u64,
+        /// Report what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn init_tracing(lambda: bool) {
@@ -35,7 +52,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
     init_tracing(lambda);
-    match run(cli.config, lambda).await {
+    let result = match cli.command {
+        Some(Command::Gc { min_age_secs, dry_run }) => gc(cli.config, min_age_secs, dry_run).await,
+        Some(Command::Serve) | None => run(cli.config, lambda).await,
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("plugin-api: {e}");
@@ -72,4 +93,15 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     server::serve_local(listener, app)
         .await
         .map_err(|e| e.to_string())
+}
+
+async fn gc(config: ServiceConfig, min_age_secs: u64, dry_run: bool) -> Result<(), String> {
+    let min_age = std::time::Duration::from_secs(min_age_secs);
+    let report = match server::open_store(&config.store_url()?).await? {
+        StoreKind::Local(s) => server::build_registry(s, &config)?.gc(min_age, dry_run).await,
+        StoreKind::S3(s) => server::build_registry(s, &config)?.gc(min_age, dry_run).await,
+    }
+    .map_err(|e| format!("gc failed: {e}"))?;
+    println!("{}", serde_json::to_string(&report).expect("report serialises"));
+    Ok(())
 }

@@ -9,6 +9,7 @@ mod auth;
 mod callbacks;
 mod create;
 mod delete;
+mod faults;
 mod functions;
 mod limits;
 mod persistence;
