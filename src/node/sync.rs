@@ -368,20 +368,27 @@ impl<S: Store> Ctx<'_, S> {
         let mut m = self.manifest.lock().expect("manifest lock");
         let old_files: Vec<String> = m.plugins.get(&key).map(|e| e.files.clone()).unwrap_or_default();
 
+        let new_files: Vec<String> = staged.files.iter().map(|(rel, _)| rel.clone()).collect();
+        let old_only: Vec<String> = old_files.iter().filter(|f| !new_files.contains(f)).cloned().collect();
+
         // Never take over a file that someone else put there.
         {
             let owners = m.owners();
-            for (rel, _) in &staged.files {
+            for rel in &new_files {
                 match owners.get(rel.as_str()) {
                     Some(owner) if *owner != key => {
-                        return Err(format!(
-                            "{rel} belongs to plugin {owner} on this node; nothing installed"
-                        ))
+                        return Err(format!("{rel} belongs to plugin {owner} on this node; nothing installed"))
                     }
                     Some(_) => {}
                     None => {
                         let dest = layout::under(&self.root, rel)?;
-                        if dest.symlink_metadata().is_ok() {
+                        let Ok(md) = dest.symlink_metadata() else { continue };
+                        // A directory of the previous version's files that becomes a file is fine.
+                        let ours = md.is_dir() && {
+                            let inside = files_under(&dest);
+                            !inside.is_empty() && inside.iter().all(|f| old_only.contains(&format!("{rel}/{f}")))
+                        };
+                        if !ours {
                             return Err(format!(
                                 "{} exists but was not installed by kuiper-node (placed by hand?); it is left alone and the plugin is not installed",
                                 dest.display()
@@ -392,7 +399,6 @@ impl<S: Store> Ctx<'_, S> {
             }
         }
 
-        let new_files: Vec<String> = staged.files.iter().map(|(rel, _)| rel.clone()).collect();
         let mut union = old_files.clone();
         for f in &new_files {
             if !union.contains(f) {
@@ -412,11 +418,23 @@ impl<S: Store> Ctx<'_, S> {
         m.plugins.insert(key.clone(), entry.clone());
         m.save(&self.manifest_path)?;
 
+        // New files first, then the previous version's other files go. Only a
+        // previous file that is in a new file's way (a file that became a
+        // directory, or the reverse) goes before it.
+        let mut removed: BTreeSet<&str> = BTreeSet::new();
         for (rel, src) in &staged.files {
+            let in_the_way = old_only
+                .iter()
+                .filter(|old| rel.starts_with(&format!("{old}/")) || old.starts_with(&format!("{rel}/")));
+            for old in in_the_way {
+                removed.insert(old);
+                remove_file_and_empty_dirs(&self.root, old)
+                    .map_err(|e| format!("cannot remove the previous version's {old}: {e}; the next sync retries"))?;
+            }
             let dest = layout::under(&self.root, rel)?;
             place(src, &dest).map_err(|e| format!("cannot install {}: {e}; the next sync retries", dest.display()))?;
         }
-        for old in old_files.iter().filter(|f| !new_files.contains(f)) {
+        for old in old_only.iter().filter(|f| !removed.contains(f.as_str())) {
             remove_file_and_empty_dirs(&self.root, old)
                 .map_err(|e| format!("cannot remove the previous version's {old}: {e}; the next sync retries"))?;
         }
@@ -622,13 +640,32 @@ fn place(src: &Path, dest: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Every file under `dir` (relative, `/`-separated); directories are walked, not listed.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
 /// Removes `rel` under `root` (absent is fine) and the directories of a
 /// plugin's `etc/` tree that it leaves empty (never `plugins/{type}` or `etc/{type}`).
 fn remove_file_and_empty_dirs(root: &Path, rel: &str) -> io::Result<()> {
     let path = layout::under(root, rel).map_err(io::Error::other)?;
     match fs::remove_file(&path) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Absent, or a parent is now a file: either way the file is not there.
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
         Err(e) => return Err(e),
     }
     let mut dir = Path::new(rel).parent();

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::common::{c_lib, files_under, lib, random_zip, so_zip, Env};
 use kuiper_harness::zips::ZipBuilder;
 
-on_both_stores!(killed_sync_is_repaired_by_the_next);
+on_both_stores!(killed_sync_is_repaired_by_the_next, killed_at_any_moment_only_whole_libraries);
 
 /// Waits for `path` to appear (the sync reached the point the test kills it at).
 async fn wait_for(path: &Path) -> String {
@@ -109,4 +109,51 @@ async fn killed_sync_is_repaired_by_the_next(env: Env) {
     let again = env.sync(&["--allow-install-scripts"]).await;
     again.assert_ok();
     assert_eq!(again.list("unchanged").len(), 3);
+}
+
+/// Kills syncs of a dozen large plugins after various delays (wherever that
+/// lands: download, extraction, renames, manifest), checking each time that
+/// only whole libraries are in `plugins/` and that the next sync repairs all.
+async fn killed_at_any_moment_only_whole_libraries(env: Env) {
+    let so = lib("print");
+    let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        // `s3` exports `S3`: its library is `S3.so`.
+        env.publish("sinks", n, so_zip(&format!("S{}.so", &n[1..]), so.clone())).await;
+    }
+    let store = env.store_arg();
+    for (i, delay_ms) in [0u64, 3, 10, 25, 50, 100, 200, 400].into_iter().enumerate() {
+        let root = env.scratch().join(format!("node{i}"));
+        let root_s = root.display().to_string();
+        let mut child = env
+            .node_command(&["sync", "--store", &store, "--root", &root_s, "--jobs", "4"])
+            .spawn()
+            .expect("spawn kuiper-node");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let _ = child.kill().await;
+        let _ = child.wait().await;
+
+        for f in files_under(&root.join("plugins")) {
+            assert!(f.starts_with("sinks/S") && f.ends_with(".so"), "stray file plugins/{f} (kill after {delay_ms} ms)");
+            let bytes = std::fs::read(root.join("plugins").join(&f)).unwrap();
+            assert!(bytes == so, "plugins/{f} is not whole (kill after {delay_ms} ms)");
+        }
+        if let Ok(m) = std::fs::read(root.join(".kuiper-node/manifest.json")) {
+            serde_json::from_slice::<serde_json::Value>(&m).expect("the manifest is never half-written");
+        }
+
+        let out = env
+            .node_command(&["sync", "--store", &store, "--root", &root_s])
+            .output()
+            .await
+            .unwrap();
+        let run = crate::common::parse_run(out);
+        run.assert_ok();
+        let done = [run.list("installed"), run.list("updated"), run.list("unchanged")].concat();
+        assert_eq!(done.len(), names.len(), "{}", run.report);
+        let mut expected: Vec<String> = (0..12).map(|i| format!("sinks/S{i}.so")).collect();
+        expected.sort();
+        assert_eq!(files_under(&root.join("plugins")), expected);
+        assert_eq!(files_under(&root.join(".kuiper-node/tmp")), Vec::<String>::new());
+    }
 }

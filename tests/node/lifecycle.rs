@@ -1,6 +1,7 @@
 //! The main story: publish, run, drop and update, run again, run with nothing
 //! changed; and `run` staying up until SIGTERM.
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
@@ -115,6 +116,28 @@ async fn run_waits_for_sigterm(env: Env) {
     );
     // Still running with the plugin loaded until told to stop.
     assert!(child.try_wait().unwrap().is_none(), "run must keep running");
+
+    // Meanwhile the registry gets a new build under the same file name, and a
+    // sync installs it: as a new file renamed over the name, never by writing
+    // into the library the running node has mapped.
+    let lib_path = env.root().join("plugins/sources/Random.so");
+    let before = std::fs::metadata(&lib_path).unwrap();
+    let v3 = c_lib("random", 0, "3.0.0");
+    let zip = kuiper_harness::zips::ZipBuilder::new()
+        .file("Random.so", v3.clone())
+        .file("random.yaml", "default: {}\n")
+        // etc/conf was a directory (etc/conf/extra.txt) and becomes a file.
+        .file("etc/conf", "now a file")
+        .build();
+    env.update("sources", "random", zip).await;
+    let sync = env.sync(&[]).await;
+    sync.assert_ok();
+    assert_eq!(sync.list("updated"), ["sources/random@"]);
+    let after = std::fs::metadata(&lib_path).unwrap();
+    assert_ne!(before.ino(), after.ino(), "the library must be replaced, not rewritten");
+    assert_eq!(std::fs::read(&lib_path).unwrap(), v3);
+    assert_eq!(env.node_file("etc/sources/random/conf"), b"now a file");
+    assert!(child.try_wait().unwrap().is_none(), "the running node is unaffected");
     let pid = child.id().expect("pid") as libc::pid_t;
     // SAFETY: signalling the child this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
