@@ -97,7 +97,11 @@ impl CPlugin {
     /// Compiles this variant with `cc -shared -fPIC` (or `$CC`), once, and
     /// returns the library's path.
     pub fn build(&self) -> Result<PathBuf, String> {
-        let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
         if !ok(&self.symbol) || !ok(&self.name) || !(self.version.is_empty() || ok(&self.version)) {
             return Err(format!("unsupported characters in {self:?}"));
         }

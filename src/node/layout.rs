@@ -30,7 +30,12 @@ pub enum Placement {
 
 /// Where `entry` of the zip of plugin `name` of type `ty` (whose library is
 /// `so_file`) goes. Refuses entry names that could leave the root.
-pub fn placement(ty: PluginType, name: &str, so_file: &str, entry: &str) -> Result<Placement, String> {
+pub fn placement(
+    ty: PluginType,
+    name: &str,
+    so_file: &str,
+    entry: &str,
+) -> Result<Placement, String> {
     check_entry_name(entry).map_err(|reason| format!("entry {entry:?} refused: {reason}"))?;
     if entry.ends_with('/') {
         return Err(format!("entry {entry:?} is a directory, not a file"));
@@ -38,7 +43,9 @@ pub fn placement(ty: PluginType, name: &str, so_file: &str, entry: &str) -> Resu
     let t = ty.as_str();
     let placed = if entry == so_file {
         Placement::Installed(format!("plugins/{t}/{entry}"))
-    } else if (ty == PluginType::Source && entry == format!("{name}.yaml")) || entry == format!("{name}.json") {
+    } else if (ty == PluginType::Source && entry == format!("{name}.yaml"))
+        || entry == format!("{name}.json")
+    {
         Placement::Installed(format!("etc/{t}/{entry}"))
     } else if let Some(rest) = entry.strip_prefix("etc/") {
         Placement::Installed(format!("etc/{t}/{name}/{rest}"))
@@ -49,7 +56,9 @@ pub fn placement(ty: PluginType, name: &str, so_file: &str, entry: &str) -> Resu
         Placement::Installed(p) | Placement::InstallOnly(p) => p,
     };
     if !is_plain_relative(rel) {
-        return Err(format!("entry {entry:?} would be written outside the plugin directories"));
+        return Err(format!(
+            "entry {entry:?} would be written outside the plugin directories"
+        ));
     }
     Ok(placed)
 }
@@ -57,7 +66,10 @@ pub fn placement(ty: PluginType, name: &str, so_file: &str, entry: &str) -> Resu
 /// Whether `rel` is a relative path made only of normal components (no `..`,
 /// no root, no `.`), so joining it to a directory stays inside that directory.
 pub fn is_plain_relative(rel: &str) -> bool {
-    !rel.is_empty() && Path::new(rel).components().all(|c| matches!(c, Component::Normal(_)))
+    !rel.is_empty()
+        && Path::new(rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// The absolute path of `rel` under `root`, after checking it stays inside.
@@ -83,7 +95,9 @@ mod tests {
         let p = |ty, entry| placement(ty, "random", "Random@v1.0.0.so", entry);
         assert_eq!(
             p(PluginType::Source, "Random@v1.0.0.so"),
-            Ok(Placement::Installed("plugins/sources/Random@v1.0.0.so".into()))
+            Ok(Placement::Installed(
+                "plugins/sources/Random@v1.0.0.so".into()
+            ))
         );
         assert_eq!(
             p(PluginType::Source, "random.yaml"),
@@ -101,7 +115,10 @@ mod tests {
             p(PluginType::Sink, "etc/a/b.txt"),
             Ok(Placement::Installed("etc/sinks/random/a/b.txt".into()))
         );
-        assert_eq!(p(PluginType::Sink, "install.sh"), Ok(Placement::InstallOnly("install.sh".into())));
+        assert_eq!(
+            p(PluginType::Sink, "install.sh"),
+            Ok(Placement::InstallOnly("install.sh".into()))
+        );
         for bad in ["../x.so", "etc/../../x", "/abs", "etc/", "a//b"] {
             assert!(p(PluginType::Sink, bad).is_err(), "{bad}");
         }

@@ -94,7 +94,11 @@ unsafe fn c_string(p: *const c_char) -> Option<Result<String, String>> {
     if bytes.len() > 4096 {
         return Some(Err("longer than 4096 bytes".into()));
     }
-    Some(std::str::from_utf8(bytes).map(str::to_string).map_err(|_| "not valid UTF-8".to_string()))
+    Some(
+        std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| "not valid UTF-8".to_string()),
+    )
 }
 
 /// Checks that the ELF file at `path` is whole: its program headers, the
@@ -104,8 +108,12 @@ unsafe fn c_string(p: *const c_char) -> Option<Result<String, String>> {
 pub fn check_complete_elf(path: &Path) -> Result<(), String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let result = match object::FileKind::parse(&*data) {
-        Ok(object::FileKind::Elf64) => check_elf::<object::elf::FileHeader64<object::Endianness>>(&data),
-        Ok(object::FileKind::Elf32) => check_elf::<object::elf::FileHeader32<object::Endianness>>(&data),
+        Ok(object::FileKind::Elf64) => {
+            check_elf::<object::elf::FileHeader64<object::Endianness>>(&data)
+        }
+        Ok(object::FileKind::Elf32) => {
+            check_elf::<object::elf::FileHeader32<object::Endianness>>(&data)
+        }
         _ => Err("it is not an ELF file".to_string()),
     };
     result.map_err(|e| format!("cannot load {}: {e}; not loaded", path.display()))
@@ -113,7 +121,9 @@ pub fn check_complete_elf(path: &Path) -> Result<(), String> {
 
 fn check_elf<H: FileHeader<Endian = object::Endianness>>(data: &[u8]) -> Result<(), String> {
     let header = H::parse(data).map_err(|e| format!("bad ELF header: {e}"))?;
-    let endian = header.endian().map_err(|e| format!("bad ELF header: {e}"))?;
+    let endian = header
+        .endian()
+        .map_err(|e| format!("bad ELF header: {e}"))?;
     let phdrs = header
         .program_headers(endian, data)
         .map_err(|e| format!("the file is truncated or corrupt (program headers: {e})"))?;
@@ -140,8 +150,8 @@ pub fn load(path: &Path, ty: PluginType, name: &str) -> Result<LoadedPlugin, Str
     check_complete_elf(path)?;
     // SAFETY: loading a library runs its initialisers; the node agent's whole
     // purpose is to load the plugins the registry validated and it installed.
-    let library =
-        unsafe { Library::new(path) }.map_err(|e| format!("cannot load {}: {}", path.display(), chain(&e)))?;
+    let library = unsafe { Library::new(path) }
+        .map_err(|e| format!("cannot load {}: {}", path.display(), chain(&e)))?;
     let descriptor = {
         // SAFETY: ABI v1 defines the symbol as `const KuiperPluginV1 *Name(void)`.
         let entry = unsafe { library.get::<EntryPoint>(symbol.as_bytes()) }.map_err(|e| {
@@ -179,7 +189,11 @@ pub fn load(path: &Path, ty: PluginType, name: &str) -> Result<LoadedPlugin, Str
     // SAFETY: ABI v1 requires NUL-terminated static strings.
     let got_name = match unsafe { c_string(d.name) } {
         None => return Err(format!("{symbol}() returned a descriptor without a name")),
-        Some(Err(e)) => return Err(format!("{symbol}() returned a descriptor whose name is {e}")),
+        Some(Err(e)) => {
+            return Err(format!(
+                "{symbol}() returned a descriptor whose name is {e}"
+            ))
+        }
         Some(Ok(n)) => n,
     };
     if got_name != name {
@@ -190,7 +204,11 @@ pub fn load(path: &Path, ty: PluginType, name: &str) -> Result<LoadedPlugin, Str
     // SAFETY: as above; a null version means "".
     let version = match unsafe { c_string(d.version) } {
         None => String::new(),
-        Some(Err(e)) => return Err(format!("{symbol}() returned a descriptor whose version is {e}")),
+        Some(Err(e)) => {
+            return Err(format!(
+                "{symbol}() returned a descriptor whose version is {e}"
+            ))
+        }
         Some(Ok(v)) => v,
     };
     Ok(LoadedPlugin {

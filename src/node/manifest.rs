@@ -91,8 +91,15 @@ impl Manifest {
             ));
         }
         for entry in m.plugins.values() {
-            if let Some(bad) = entry.files.iter().find(|f| !super::layout::is_plain_relative(f)) {
-                return Err(format!("manifest {} lists a path outside the root: {bad:?}", path.display()));
+            if let Some(bad) = entry
+                .files
+                .iter()
+                .find(|f| !super::layout::is_plain_relative(f))
+            {
+                return Err(format!(
+                    "manifest {} lists a path outside the root: {bad:?}",
+                    path.display()
+                ));
             }
         }
         Ok(m)
@@ -101,7 +108,10 @@ impl Manifest {
     /// Writes the manifest atomically: a temporary file in the same directory,
     /// flushed to disk, then renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
         let body = serde_json::to_vec_pretty(self).map_err(|e| format!("manifest: {e}"))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".manifest-")

@@ -94,7 +94,12 @@ impl Report {
 
     /// Sorts every list by type, then name.
     pub fn sort(&mut self) {
-        for list in [&mut self.installed, &mut self.updated, &mut self.removed, &mut self.unchanged] {
+        for list in [
+            &mut self.installed,
+            &mut self.updated,
+            &mut self.removed,
+            &mut self.unchanged,
+        ] {
             list.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
         }
         if let Some(l) = &mut self.loaded {
@@ -178,7 +183,8 @@ pub async fn open_store(url: &StoreUrl) -> Result<NodeStore, String> {
                     path.display()
                 ));
             }
-            let store = LocalStore::new(path).map_err(|e| format!("store {}: {e}", path.display()))?;
+            let store =
+                LocalStore::new(path).map_err(|e| format!("store {}: {e}", path.display()))?;
             Ok(NodeStore::Local(store))
         }
         StoreUrl::S3 { bucket, prefix } => {
@@ -219,14 +225,24 @@ impl NodeStore {
 /// Loads every plugin the manifest lists as installed (not pending), in
 /// type then name order, adding what happened to `report`. Returns the loaded
 /// libraries, which stay mapped as long as they are kept.
-pub fn load_installed(synced: &Synced, report: &mut Report, progress: &Progress) -> Vec<LoadedPlugin> {
+pub fn load_installed(
+    synced: &Synced,
+    report: &mut Report,
+    progress: &Progress,
+) -> Vec<LoadedPlugin> {
     let mut loaded = Vec::new();
     let mut infos = Vec::new();
-    let mut entries: Vec<_> = synced.manifest.plugins.values().filter(|e| !e.pending).collect();
+    let mut entries: Vec<_> = synced
+        .manifest
+        .plugins
+        .values()
+        .filter(|e| !e.pending)
+        .collect();
     entries.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
     for e in entries {
         let rel = layout::library_path(e.plugin_type, &e.so_file);
-        let result = layout::under(&synced.root, &rel).and_then(|path| load_one(&path, e.plugin_type, &e.name));
+        let result = layout::under(&synced.root, &rel)
+            .and_then(|path| load_one(&path, e.plugin_type, &e.name));
         match result {
             Ok(p) => {
                 progress.line(&format!(

@@ -132,8 +132,13 @@ fn lock_root(state: &Path) -> Result<RootLock, String> {
 /// Per-plugin problems are reported in the report's `failed` and never stop
 /// the other plugins; `Err` means nothing could be synced at all (the root is
 /// not usable, another sync holds it, the manifest is unreadable).
-pub async fn sync<S: Store>(store: &S, opts: &SyncOptions, progress: &Progress) -> Result<Synced, String> {
-    fs::create_dir_all(&opts.root).map_err(|e| format!("cannot create {}: {e}", opts.root.display()))?;
+pub async fn sync<S: Store>(
+    store: &S,
+    opts: &SyncOptions,
+    progress: &Progress,
+) -> Result<Synced, String> {
+    fs::create_dir_all(&opts.root)
+        .map_err(|e| format!("cannot create {}: {e}", opts.root.display()))?;
     let root = opts
         .root
         .canonicalize()
@@ -193,7 +198,11 @@ pub async fn sync<S: Store>(store: &S, opts: &SyncOptions, progress: &Progress) 
         let m = ctx.manifest.lock().expect("manifest lock");
         m.plugins
             .values()
-            .filter(|e| listed_types.get(&e.plugin_type).is_some_and(|names| !names.contains(&e.name)))
+            .filter(|e| {
+                listed_types
+                    .get(&e.plugin_type)
+                    .is_some_and(|names| !names.contains(&e.name))
+            })
             .map(|e| (e.plugin_type, e.name.clone()))
             .collect()
     };
@@ -246,20 +255,29 @@ impl Drop for WorkDir {
 impl<S: Store> Ctx<'_, S> {
     fn fail_global(&self, ty: Option<PluginType>, error: String) {
         self.progress.line(&format!("error: {error}"));
-        self.report.lock().expect("report lock").failed.push(Failure {
-            plugin_type: ty.map(|t| t.as_str().to_string()).unwrap_or_default(),
-            name: String::new(),
-            error,
-        });
+        self.report
+            .lock()
+            .expect("report lock")
+            .failed
+            .push(Failure {
+                plugin_type: ty.map(|t| t.as_str().to_string()).unwrap_or_default(),
+                name: String::new(),
+                error,
+            });
     }
 
     fn fail(&self, ty: PluginType, name: &str, error: String) {
-        self.progress.line(&format!("failed    {ty}/{name}: {error}"));
-        self.report.lock().expect("report lock").failed.push(Failure {
-            plugin_type: ty.as_str().to_string(),
-            name: name.to_string(),
-            error,
-        });
+        self.progress
+            .line(&format!("failed    {ty}/{name}: {error}"));
+        self.report
+            .lock()
+            .expect("report lock")
+            .failed
+            .push(Failure {
+                plugin_type: ty.as_str().to_string(),
+                name: name.to_string(),
+                error,
+            });
     }
 
     async fn sync_one(&self, ty: PluginType, name: &str) {
@@ -270,7 +288,8 @@ impl<S: Store> Ctx<'_, S> {
             Ok(Outcome::Gone) => return,
             Err(e) => return self.fail(ty, name, e),
         };
-        self.progress.line(&format!("{verb:<9} {ty}/{name} {version}"));
+        self.progress
+            .line(&format!("{verb:<9} {ty}/{name} {version}"));
         let item = PluginRef {
             plugin_type: ty,
             name: name.to_string(),
@@ -286,7 +305,8 @@ impl<S: Store> Ctx<'_, S> {
 
     /// Reads the metadata and installs the plugin unless it is unchanged.
     async fn install_one(&self, ty: PluginType, name: &str) -> Result<Outcome, String> {
-        validate_name(name).map_err(|e| format!("the store lists a plugin with an {e}; skipped"))?;
+        validate_name(name)
+            .map_err(|e| format!("the store lists a plugin with an {e}; skipped"))?;
         let meta_key = keys::plugin(ty, name);
         let obj = self
             .store
@@ -298,8 +318,8 @@ impl<S: Store> Ctx<'_, S> {
             self.remove_and_report(ty, name);
             return Ok(Outcome::Gone);
         };
-        let meta: PluginMeta =
-            serde_json::from_slice(&obj.body).map_err(|e| format!("metadata {meta_key} is unreadable: {e}"))?;
+        let meta: PluginMeta = serde_json::from_slice(&obj.body)
+            .map_err(|e| format!("metadata {meta_key} is unreadable: {e}"))?;
         check_meta(ty, name, &meta)?;
 
         let previous = self
@@ -310,8 +330,14 @@ impl<S: Store> Ctx<'_, S> {
             .get(&manifest::key(ty, name))
             .cloned();
         if let Some(prev) = &previous {
-            let same = !prev.pending && prev.sha256 == meta.sha256 && prev.shell_paras == meta.shell_paras;
-            if same && prev.files.iter().all(|f| self.root.join(f).symlink_metadata().is_ok()) {
+            let same =
+                !prev.pending && prev.sha256 == meta.sha256 && prev.shell_paras == meta.shell_paras;
+            if same
+                && prev
+                    .files
+                    .iter()
+                    .all(|f| self.root.join(f).symlink_metadata().is_ok())
+            {
                 return Ok(Outcome::Unchanged(prev.version.clone()));
             }
         }
@@ -330,7 +356,8 @@ impl<S: Store> Ctx<'_, S> {
         }
 
         let work = WorkDir(self.tmp.join(format!("{}-{name}", ty.as_str())));
-        fs::create_dir_all(&work.0).map_err(|e| format!("cannot create {}: {e}", work.0.display()))?;
+        fs::create_dir_all(&work.0)
+            .map_err(|e| format!("cannot create {}: {e}", work.0.display()))?;
         let zip_path = work.0.join("download.zip");
         let blob_key = keys::blob(&meta.sha256);
         let found = self
@@ -339,11 +366,18 @@ impl<S: Store> Ctx<'_, S> {
             .await
             .map_err(|e| format!("cannot download {blob_key}: {e}"))?;
         if !found {
-            return Err(format!("the zip {blob_key} is missing from the store; nothing installed"));
+            return Err(format!(
+                "the zip {blob_key} is missing from the store; nothing installed"
+            ));
         }
 
         let staged = {
-            let (meta, dir, limits, arch) = (meta.clone(), work.0.clone(), self.opts.zip_limits, self.opts.arch.clone());
+            let (meta, dir, limits, arch) = (
+                meta.clone(),
+                work.0.clone(),
+                self.opts.zip_limits,
+                self.opts.arch.clone(),
+            );
             tokio::task::spawn_blocking(move || stage(&meta, &dir, &zip_path, &limits, &arch))
                 .await
                 .map_err(|e| format!("staging failed: {e}"))??
@@ -366,10 +400,18 @@ impl<S: Store> Ctx<'_, S> {
         let ty = meta.plugin_type;
         let key = manifest::key(ty, &meta.name);
         let mut m = self.manifest.lock().expect("manifest lock");
-        let old_files: Vec<String> = m.plugins.get(&key).map(|e| e.files.clone()).unwrap_or_default();
+        let old_files: Vec<String> = m
+            .plugins
+            .get(&key)
+            .map(|e| e.files.clone())
+            .unwrap_or_default();
 
         let new_files: Vec<String> = staged.files.iter().map(|(rel, _)| rel.clone()).collect();
-        let old_only: Vec<String> = old_files.iter().filter(|f| !new_files.contains(f)).cloned().collect();
+        let old_only: Vec<String> = old_files
+            .iter()
+            .filter(|f| !new_files.contains(f))
+            .cloned()
+            .collect();
 
         // Never take over a file that someone else put there.
         {
@@ -377,16 +419,23 @@ impl<S: Store> Ctx<'_, S> {
             for rel in &new_files {
                 match owners.get(rel.as_str()) {
                     Some(owner) if *owner != key => {
-                        return Err(format!("{rel} belongs to plugin {owner} on this node; nothing installed"))
+                        return Err(format!(
+                            "{rel} belongs to plugin {owner} on this node; nothing installed"
+                        ))
                     }
                     Some(_) => {}
                     None => {
                         let dest = layout::under(&self.root, rel)?;
-                        let Ok(md) = dest.symlink_metadata() else { continue };
+                        let Ok(md) = dest.symlink_metadata() else {
+                            continue;
+                        };
                         // A directory of the previous version's files that becomes a file is fine.
                         let ours = md.is_dir() && {
                             let inside = files_under(&dest);
-                            !inside.is_empty() && inside.iter().all(|f| old_only.contains(&format!("{rel}/{f}")))
+                            !inside.is_empty()
+                                && inside
+                                    .iter()
+                                    .all(|f| old_only.contains(&format!("{rel}/{f}")))
                         };
                         if !ours {
                             return Err(format!(
@@ -423,20 +472,29 @@ impl<S: Store> Ctx<'_, S> {
         // directory, or the reverse) goes before it.
         let mut removed: BTreeSet<&str> = BTreeSet::new();
         for (rel, src) in &staged.files {
-            let in_the_way = old_only
-                .iter()
-                .filter(|old| rel.starts_with(&format!("{old}/")) || old.starts_with(&format!("{rel}/")));
+            let in_the_way = old_only.iter().filter(|old| {
+                rel.starts_with(&format!("{old}/")) || old.starts_with(&format!("{rel}/"))
+            });
             for old in in_the_way {
                 removed.insert(old);
-                remove_file_and_empty_dirs(&self.root, old)
-                    .map_err(|e| format!("cannot remove the previous version's {old}: {e}; the next sync retries"))?;
+                remove_file_and_empty_dirs(&self.root, old).map_err(|e| {
+                    format!(
+                        "cannot remove the previous version's {old}: {e}; the next sync retries"
+                    )
+                })?;
             }
             let dest = layout::under(&self.root, rel)?;
-            place(src, &dest).map_err(|e| format!("cannot install {}: {e}; the next sync retries", dest.display()))?;
+            place(src, &dest).map_err(|e| {
+                format!(
+                    "cannot install {}: {e}; the next sync retries",
+                    dest.display()
+                )
+            })?;
         }
         for old in old_only.iter().filter(|f| !removed.contains(f.as_str())) {
-            remove_file_and_empty_dirs(&self.root, old)
-                .map_err(|e| format!("cannot remove the previous version's {old}: {e}; the next sync retries"))?;
+            remove_file_and_empty_dirs(&self.root, old).map_err(|e| {
+                format!("cannot remove the previous version's {old}: {e}; the next sync retries")
+            })?;
         }
 
         entry.files = new_files;
@@ -471,16 +529,28 @@ impl<S: Store> Ctx<'_, S> {
         };
         drop(m);
         if !errors.is_empty() {
-            self.fail(ty, name, format!("dropped from the registry, but cannot remove {}", errors.join(", ")));
+            self.fail(
+                ty,
+                name,
+                format!(
+                    "dropped from the registry, but cannot remove {}",
+                    errors.join(", ")
+                ),
+            );
         } else if let Err(e) = saved {
             self.fail(ty, name, e);
         } else {
-            self.progress.line(&format!("removed   {ty}/{name} {}", entry.version));
-            self.report.lock().expect("report lock").removed.push(PluginRef {
-                plugin_type: ty,
-                name: name.to_string(),
-                version: entry.version,
-            });
+            self.progress
+                .line(&format!("removed   {ty}/{name} {}", entry.version));
+            self.report
+                .lock()
+                .expect("report lock")
+                .removed
+                .push(PluginRef {
+                    plugin_type: ty,
+                    name: name.to_string(),
+                    version: entry.version,
+                });
         }
     }
 }
@@ -495,15 +565,28 @@ fn check_meta(ty: PluginType, name: &str, meta: &PluginMeta) -> Result<(), Strin
             meta.name
         ));
     }
-    let hex_ok = meta.sha256.len() == 64 && meta.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let hex_ok = meta.sha256.len() == 64
+        && meta
+            .sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if !hex_ok {
-        return Err(format!("metadata has an invalid sha256 {:?}; skipped", meta.sha256));
+        return Err(format!(
+            "metadata has an invalid sha256 {:?}; skipped",
+            meta.sha256
+        ));
     }
     if match_library(name, &meta.so_file).is_none() || meta.so_file.contains('/') {
-        return Err(format!("metadata names an invalid library {:?}; skipped", meta.so_file));
+        return Err(format!(
+            "metadata names an invalid library {:?}; skipped",
+            meta.so_file
+        ));
     }
     if !meta.files.iter().any(|f| f.name == meta.so_file) {
-        return Err(format!("metadata does not list the library {} among its files; skipped", meta.so_file));
+        return Err(format!(
+            "metadata does not list the library {} among its files; skipped",
+            meta.so_file
+        ));
     }
     let mut seen = BTreeSet::new();
     for f in &meta.files {
@@ -517,8 +600,15 @@ fn check_meta(ty: PluginType, name: &str, meta: &PluginMeta) -> Result<(), Strin
 
 /// Verifies the downloaded zip, checks it again, and extracts the listed
 /// entries into `dir` (blocking).
-fn stage(meta: &PluginMeta, dir: &Path, zip_path: &Path, limits: &ZipLimits, arch: &str) -> Result<Staged, String> {
-    let (sha256, size) = hash_file(zip_path).map_err(|e| format!("cannot read the download: {e}"))?;
+fn stage(
+    meta: &PluginMeta,
+    dir: &Path,
+    zip_path: &Path,
+    limits: &ZipLimits,
+    arch: &str,
+) -> Result<Staged, String> {
+    let (sha256, size) =
+        hash_file(zip_path).map_err(|e| format!("cannot read the download: {e}"))?;
     if sha256 != meta.sha256 || size != meta.size {
         return Err(format!(
             "sha256 mismatch: the store's zip {} has sha256 {sha256} ({size} bytes), the metadata says {} ({} bytes); nothing installed",
@@ -529,8 +619,14 @@ fn stage(meta: &PluginMeta, dir: &Path, zip_path: &Path, limits: &ZipLimits, arc
     }
     let file = File::open(zip_path).map_err(|e| format!("cannot open the download: {e}"))?;
     let ty = meta.plugin_type;
-    let info = inspect_zip(io::BufReader::new(file), ty, &meta.name, &meta.shell_paras, limits)
-        .map_err(|e| format!("the zip fails the node's check: {e}; nothing installed"))?;
+    let info = inspect_zip(
+        io::BufReader::new(file),
+        ty,
+        &meta.name,
+        &meta.shell_paras,
+        limits,
+    )
+    .map_err(|e| format!("the zip fails the node's check: {e}; nothing installed"))?;
     if info.so_file != meta.so_file {
         return Err(format!(
             "the zip's library is {}, the metadata says {}; nothing installed",
@@ -558,7 +654,8 @@ fn stage(meta: &PluginMeta, dir: &Path, zip_path: &Path, limits: &ZipLimits, arc
     .map_err(|e| format!("cannot read the zip: {e}"))?;
     let files_dir = dir.join("files");
     let install_dir = dir.join("install");
-    fs::create_dir_all(&files_dir).map_err(|e| format!("cannot create {}: {e}", files_dir.display()))?;
+    fs::create_dir_all(&files_dir)
+        .map_err(|e| format!("cannot create {}: {e}", files_dir.display()))?;
     let mut staged = Staged {
         files: Vec::new(),
         install_dir: None,
@@ -568,11 +665,16 @@ fn stage(meta: &PluginMeta, dir: &Path, zip_path: &Path, limits: &ZipLimits, arc
             Placement::Installed(rel) => (files_dir.join(i.to_string()), Some(rel)),
             Placement::InstallOnly(rel) => (layout::under(&install_dir, &rel)?, None),
         };
-        let mode = if f.name == meta.so_file || f.name == "install.sh" { 0o755 } else { 0o644 };
+        let mode = if f.name == meta.so_file || f.name == "install.sh" {
+            0o755
+        } else {
+            0o644
+        };
         let mut entry = zip
             .by_name(&f.name)
             .map_err(|e| format!("cannot read {} from the zip: {e}", f.name))?;
-        extract(&mut entry, &dest, f.size, mode).map_err(|e| format!("cannot extract {}: {e}", f.name))?;
+        extract(&mut entry, &dest, f.size, mode)
+            .map_err(|e| format!("cannot extract {}: {e}", f.name))?;
         match rel {
             Some(rel) => staged.files.push((rel, dest)),
             None => staged.install_dir = Some(install_dir.clone()),
@@ -608,7 +710,9 @@ fn extract(reader: &mut impl Read, dest: &Path, size: u64, mode: u32) -> io::Res
     let mut out = File::options().write(true).create_new(true).open(dest)?;
     let copied = io::copy(&mut reader.take(size + 1), &mut out)?;
     if copied != size {
-        return Err(io::Error::other(format!("expected {size} bytes, the zip holds {copied}")));
+        return Err(io::Error::other(format!(
+            "expected {size} bytes, the zip holds {copied}"
+        )));
     }
     out.set_permissions(fs::Permissions::from_mode(mode))?;
     out.sync_all()?;
@@ -619,18 +723,24 @@ fn extract(reader: &mut impl Read, dest: &Path, size: u64, mode: u32) -> io::Res
 /// an existing file). Across file systems, copies to a hidden temporary name
 /// next to `dest` first.
 fn place(src: &Path, dest: &Path) -> io::Result<()> {
-    let parent = dest.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let parent = dest
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
     fs::create_dir_all(parent)?;
     match fs::rename(src, dest) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let file_name = dest
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let mut tmp = tempfile::Builder::new()
                 .prefix(&format!(".{file_name}."))
                 .suffix(".kuiper-node-tmp")
                 .tempfile_in(parent)?;
             io::copy(&mut File::open(src)?, tmp.as_file_mut())?;
-            tmp.as_file().set_permissions(fs::metadata(src)?.permissions())?;
+            tmp.as_file()
+                .set_permissions(fs::metadata(src)?.permissions())?;
             tmp.as_file().sync_all()?;
             tmp.persist(dest).map_err(|e| e.error)?;
         }
@@ -645,7 +755,9 @@ fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -665,7 +777,11 @@ fn remove_file_and_empty_dirs(root: &Path, rel: &str) -> io::Result<()> {
     match fs::remove_file(&path) {
         Ok(()) => {}
         // Absent, or a parent is now a file: either way the file is not there.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) => {}
         Err(e) => return Err(e),
     }
     let mut dir = Path::new(rel).parent();
@@ -685,8 +801,11 @@ fn remove_file_and_empty_dirs(root: &Path, rel: &str) -> io::Result<()> {
 /// killing the group after `timeout`. Output goes to `dir/../install.log`.
 async fn run_install_script(dir: &Path, paras: &[String], timeout: Duration) -> Result<(), String> {
     let log_path = dir.with_file_name("install.log");
-    let log = File::create(&log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let log2 = log.try_clone().map_err(|e| format!("install.sh log: {e}"))?;
+    let log = File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("install.sh log: {e}"))?;
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("install.sh")
         .args(paras)

@@ -19,27 +19,40 @@ async fn abi_failures_are_reported_per_plugin(env: Env) {
         .build();
     env.publish("sources", "csource", csource).await;
     // `print`'s library published as sink `other`: it exports `Print`, not `Other`.
-    env.publish("sinks", "other", so_zip("Other.so", lib("print"))).await;
+    env.publish("sinks", "other", so_zip("Other.so", lib("print")))
+        .await;
     // A library cut short: its ELF headers pass the registry's check, dlopen fails.
     let mut cut = lib("print");
     cut.truncate(8 * 1024);
     env.publish("sinks", "cut", so_zip("Cut.so", cut)).await;
     // A library needing a shared library the node does not have: dlopen fails.
-    env.publish("sinks", "needy", so_zip("Needy.so", needing_missing_library())).await;
+    env.publish(
+        "sinks",
+        "needy",
+        so_zip("Needy.so", needing_missing_library()),
+    )
+    .await;
     // A function library installed as a sink.
-    env.publish("sinks", "kindly", so_zip("Kindly.so", c_lib("kindly", 2, "1"))).await;
+    env.publish(
+        "sinks",
+        "kindly",
+        so_zip("Kindly.so", c_lib("kindly", 2, "1")),
+    )
+    .await;
     // A descriptor naming another plugin.
     let misnamed = CPlugin {
         name: "someone".into(),
         ..CPlugin::new("misnamed", 1, "1")
     };
-    env.publish("sinks", "misnamed", so_zip("Misnamed.so", misnamed.so())).await;
+    env.publish("sinks", "misnamed", so_zip("Misnamed.so", misnamed.so()))
+        .await;
     // A descriptor from a future ABI.
     let future = CPlugin {
         abi: 2,
         ..CPlugin::new("future", 1, "1")
     };
-    env.publish("sinks", "future", so_zip("Future.so", future.so())).await;
+    env.publish("sinks", "future", so_zip("Future.so", future.so()))
+        .await;
 
     let run = env.run_once(&[]).await;
     run.assert_failed();
@@ -66,18 +79,47 @@ async fn abi_failures_are_reported_per_plugin(env: Env) {
         ]
     );
     let err = |p: &str| run.error_of(p);
-    assert!(err("sinks/other").contains("symbol Other not found"), "{}", err("sinks/other"));
-    assert!(err("sinks/cut").contains("the file is truncated"), "{}", err("sinks/cut"));
-    assert!(err("sinks/needy").contains("cannot load"), "{}", err("sinks/needy"));
-    assert!(err("sinks/needy").contains("libmissing.so"), "{}", err("sinks/needy"));
-    assert!(err("sinks/kindly").contains("kind 2 (functions)"), "{}", err("sinks/kindly"));
-    assert!(err("sinks/kindly").contains("installed as sinks"), "{}", err("sinks/kindly"));
     assert!(
-        err("sinks/misnamed").contains("named \"someone\"") && err("sinks/misnamed").contains("\"misnamed\""),
+        err("sinks/other").contains("symbol Other not found"),
+        "{}",
+        err("sinks/other")
+    );
+    assert!(
+        err("sinks/cut").contains("the file is truncated"),
+        "{}",
+        err("sinks/cut")
+    );
+    assert!(
+        err("sinks/needy").contains("cannot load"),
+        "{}",
+        err("sinks/needy")
+    );
+    assert!(
+        err("sinks/needy").contains("libmissing.so"),
+        "{}",
+        err("sinks/needy")
+    );
+    assert!(
+        err("sinks/kindly").contains("kind 2 (functions)"),
+        "{}",
+        err("sinks/kindly")
+    );
+    assert!(
+        err("sinks/kindly").contains("installed as sinks"),
+        "{}",
+        err("sinks/kindly")
+    );
+    assert!(
+        err("sinks/misnamed").contains("named \"someone\"")
+            && err("sinks/misnamed").contains("\"misnamed\""),
         "{}",
         err("sinks/misnamed")
     );
-    assert!(err("sinks/future").contains("abi_version 2"), "{}", err("sinks/future"));
+    assert!(
+        err("sinks/future").contains("abi_version 2"),
+        "{}",
+        err("sinks/future")
+    );
 
     // The files stay installed (they are what the registry holds); a plain
     // sync has nothing to report, and a second run reports the same failures.

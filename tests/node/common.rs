@@ -73,7 +73,11 @@ impl NodeRun {
             .iter()
             .map(|f| {
                 (
-                    format!("{}/{}", f["type"].as_str().unwrap(), f["name"].as_str().unwrap()),
+                    format!(
+                        "{}/{}",
+                        f["type"].as_str().unwrap(),
+                        f["name"].as_str().unwrap()
+                    ),
                     f["error"].as_str().unwrap().to_string(),
                 )
             })
@@ -147,14 +151,19 @@ impl Env {
             ),
         }
         .expect("app");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
         });
         Env {
             base,
-            http: reqwest::Client::builder().no_proxy().build().expect("client"),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
             files: FileHost::start().await,
             s3,
             tmp,
@@ -197,7 +206,9 @@ impl Env {
         if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
             b.extend(e.clone());
         }
-        let r = self.send(reqwest::Method::POST, &format!("/plugins/{ty}"), Some(body)).await;
+        let r = self
+            .send(reqwest::Method::POST, &format!("/plugins/{ty}"), Some(body))
+            .await;
         assert_eq!(r.0, 201, "create {ty}/{name}: {}", r.1);
     }
 
@@ -220,13 +231,21 @@ impl Env {
 
     /// Deletes plugin `name` of `ty` from the registry; asserts 200.
     pub async fn drop_plugin(&self, ty: &str, name: &str) {
-        let r = self.send(reqwest::Method::DELETE, &format!("/plugins/{ty}/{name}"), None).await;
+        let r = self
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/plugins/{ty}/{name}"),
+                None,
+            )
+            .await;
         assert_eq!(r.0, 200, "delete {ty}/{name}: {}", r.1);
     }
 
     /// The registry's metadata of a plugin.
     pub async fn meta(&self, ty: &str, name: &str) -> Value {
-        let r = self.send(reqwest::Method::GET, &format!("/plugins/{ty}/{name}"), None).await;
+        let r = self
+            .send(reqwest::Method::GET, &format!("/plugins/{ty}/{name}"), None)
+            .await;
         assert_eq!(r.0, 200, "describe {ty}/{name}: {}", r.1);
         serde_json::from_str(&r.1).expect("metadata json")
     }
@@ -237,10 +256,17 @@ impl Env {
             .await
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
@@ -265,7 +291,10 @@ impl Env {
                 .env("AWS_REGION", REGION)
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .env("AWS_CONFIG_FILE", self.tmp.path().join("no-aws-config"))
-                .env("AWS_SHARED_CREDENTIALS_FILE", self.tmp.path().join("no-aws-credentials"));
+                .env(
+                    "AWS_SHARED_CREDENTIALS_FILE",
+                    self.tmp.path().join("no-aws-credentials"),
+                );
         }
         cmd
     }
@@ -280,7 +309,11 @@ impl Env {
     }
 
     pub async fn node_with_args(&self, args: &[&str]) -> NodeRun {
-        let out = self.node_command(args).output().await.expect("run kuiper-node");
+        let out = self
+            .node_command(args)
+            .output()
+            .await
+            .expect("run kuiper-node");
         parse_run(out)
     }
 
@@ -352,7 +385,9 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {

@@ -10,7 +10,10 @@ use serde_json::json;
 use crate::common::{c_lib, files_under, lib, random_zip, so_zip, Env};
 use kuiper_harness::zips::ZipBuilder;
 
-on_both_stores!(killed_sync_is_repaired_by_the_next, killed_at_any_moment_only_whole_libraries);
+on_both_stores!(
+    killed_sync_is_repaired_by_the_next,
+    killed_at_any_moment_only_whole_libraries
+);
 
 /// Waits for `path` to appear (the sync reached the point the test kills it at).
 async fn wait_for(path: &Path) -> String {
@@ -27,17 +30,21 @@ async fn wait_for(path: &Path) -> String {
 
 async fn killed_sync_is_repaired_by_the_next(env: Env) {
     env.publish("sources", "random", random_zip()).await;
-    env.publish("sinks", "print", so_zip("Print.so", lib("print"))).await;
-    env.publish("functions", "echo", so_zip("Echo.so", lib("echo"))).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print")))
+        .await;
+    env.publish("functions", "echo", so_zip("Echo.so", lib("echo")))
+        .await;
     env.sync(&[]).await.assert_ok();
 
     // The registry moves on: print 2.0.0, echo dropped, and a new sink whose
     // install.sh blocks the first time it runs (the point where the sync is killed).
     let v2 = c_lib("print", 1, "2.0.0");
-    env.update("sinks", "print", so_zip("Print@v2.0.0.so", v2.clone())).await;
+    env.update("sinks", "print", so_zip("Print@v2.0.0.so", v2.clone()))
+        .await;
     env.drop_plugin("functions", "echo").await;
     let started = env.scratch().join("blocker-started");
-    let script = "if [ ! -e \"$1\" ]; then echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; exec sleep 600; fi\n";
+    let script =
+        "if [ ! -e \"$1\" ]; then echo $$ > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"; exec sleep 600; fi\n";
     let blocker = ZipBuilder::new()
         .file("Blocker.so", c_lib("blocker", 1, "1"))
         .file("install.sh", script)
@@ -53,7 +60,14 @@ async fn killed_sync_is_repaired_by_the_next(env: Env) {
     let store = env.store_arg();
     let root = env.root().display().to_string();
     let mut child = env
-        .node_command(&["sync", "--store", &store, "--root", &root, "--allow-install-scripts"])
+        .node_command(&[
+            "sync",
+            "--store",
+            &store,
+            "--root",
+            &root,
+            "--allow-install-scripts",
+        ])
         .spawn()
         .expect("spawn kuiper-node");
     let pid: libc::pid_t = wait_for(&started).await.trim().parse().expect("script pid");
@@ -69,7 +83,10 @@ async fn killed_sync_is_repaired_by_the_next(env: Env) {
     for f in files_under(&env.root().join("plugins")) {
         assert!(f.ends_with(".so"), "stray file plugins/{f}");
         let bytes = env.node_file(&format!("plugins/{f}"));
-        assert!(known.contains(&bytes), "plugins/{f} is not a whole published library");
+        assert!(
+            known.contains(&bytes),
+            "plugins/{f} is not a whole published library"
+        );
     }
     assert!(!env.root().join("plugins/sinks/Blocker.so").exists());
     let leftovers = files_under(&env.root().join(".kuiper-node/tmp"));
@@ -78,14 +95,19 @@ async fn killed_sync_is_repaired_by_the_next(env: Env) {
         "the sync was killed while installing blocker: {leftovers:?}"
     );
     let manifest = std::fs::read(env.root().join(".kuiper-node/manifest.json")).unwrap();
-    serde_json::from_slice::<serde_json::Value>(&manifest).expect("the manifest is never half-written");
+    serde_json::from_slice::<serde_json::Value>(&manifest)
+        .expect("the manifest is never half-written");
 
     // The next run repairs everything and loads the new state.
     let run = env.run_once(&["--allow-install-scripts"]).await;
     run.assert_ok();
     assert_eq!(run.list("installed"), ["sinks/blocker@"]);
     let print_state = [run.list("updated"), run.list("unchanged")].concat();
-    assert!(print_state.contains(&"sinks/print@2.0.0".to_string()), "{}", run.report);
+    assert!(
+        print_state.contains(&"sinks/print@2.0.0".to_string()),
+        "{}",
+        run.report
+    );
     assert_eq!(
         run.report["loaded"],
         json!([
@@ -105,7 +127,10 @@ async fn killed_sync_is_repaired_by_the_next(env: Env) {
             "plugins/sources/Random.so",
         ]
     );
-    assert_eq!(files_under(&env.root().join(".kuiper-node/tmp")), Vec::<String>::new());
+    assert_eq!(
+        files_under(&env.root().join(".kuiper-node/tmp")),
+        Vec::<String>::new()
+    );
     let again = env.sync(&["--allow-install-scripts"]).await;
     again.assert_ok();
     assert_eq!(again.list("unchanged").len(), 3);
@@ -119,7 +144,8 @@ async fn killed_at_any_moment_only_whole_libraries(env: Env) {
     let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
     for n in &names {
         // `s3` exports `S3`: its library is `S3.so`.
-        env.publish("sinks", n, so_zip(&format!("S{}.so", &n[1..]), so.clone())).await;
+        env.publish("sinks", n, so_zip(&format!("S{}.so", &n[1..]), so.clone()))
+            .await;
     }
     let store = env.store_arg();
     for (i, delay_ms) in [0u64, 3, 10, 25, 50, 100, 200, 400].into_iter().enumerate() {
@@ -134,12 +160,19 @@ async fn killed_at_any_moment_only_whole_libraries(env: Env) {
         let _ = child.wait().await;
 
         for f in files_under(&root.join("plugins")) {
-            assert!(f.starts_with("sinks/S") && f.ends_with(".so"), "stray file plugins/{f} (kill after {delay_ms} ms)");
+            assert!(
+                f.starts_with("sinks/S") && f.ends_with(".so"),
+                "stray file plugins/{f} (kill after {delay_ms} ms)"
+            );
             let bytes = std::fs::read(root.join("plugins").join(&f)).unwrap();
-            assert!(bytes == so, "plugins/{f} is not whole (kill after {delay_ms} ms)");
+            assert!(
+                bytes == so,
+                "plugins/{f} is not whole (kill after {delay_ms} ms)"
+            );
         }
         if let Ok(m) = std::fs::read(root.join(".kuiper-node/manifest.json")) {
-            serde_json::from_slice::<serde_json::Value>(&m).expect("the manifest is never half-written");
+            serde_json::from_slice::<serde_json::Value>(&m)
+                .expect("the manifest is never half-written");
         }
 
         let out = env
@@ -149,11 +182,19 @@ async fn killed_at_any_moment_only_whole_libraries(env: Env) {
             .unwrap();
         let run = crate::common::parse_run(out);
         run.assert_ok();
-        let done = [run.list("installed"), run.list("updated"), run.list("unchanged")].concat();
+        let done = [
+            run.list("installed"),
+            run.list("updated"),
+            run.list("unchanged"),
+        ]
+        .concat();
         assert_eq!(done.len(), names.len(), "{}", run.report);
         let mut expected: Vec<String> = (0..12).map(|i| format!("sinks/S{i}.so")).collect();
         expected.sort();
         assert_eq!(files_under(&root.join("plugins")), expected);
-        assert_eq!(files_under(&root.join(".kuiper-node/tmp")), Vec::<String>::new());
+        assert_eq!(
+            files_under(&root.join(".kuiper-node/tmp")),
+            Vec::<String>::new()
+        );
     }
 }

@@ -13,8 +13,10 @@ on_both_stores!(publish_update_drop_and_rerun, run_waits_for_sigterm);
 
 async fn publish_update_drop_and_rerun(env: Env) {
     env.publish("sources", "random", random_zip()).await;
-    env.publish("sinks", "print", so_zip("Print.so", lib("print"))).await;
-    env.publish("functions", "echo", so_zip("Echo.so", lib("echo"))).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print")))
+        .await;
+    env.publish("functions", "echo", so_zip("Echo.so", lib("echo")))
+        .await;
 
     // First run: all three installed in eKuiper's layout and loaded.
     let first = env.run_once(&[]).await;
@@ -23,7 +25,8 @@ async fn publish_update_drop_and_rerun(env: Env) {
         first.list("installed"),
         ["functions/echo@", "sinks/print@", "sources/random@"]
     );
-    assert_eq!(first.report["loaded"],
+    assert_eq!(
+        first.report["loaded"],
         json!([
             {"type": "sources", "name": "random", "version": "1.0.0", "symbol": "Random"},
             {"type": "sinks", "name": "print", "version": "1.0.0", "symbol": "Print"},
@@ -42,14 +45,22 @@ async fn publish_update_drop_and_rerun(env: Env) {
         ]
     );
     assert_eq!(env.node_file("plugins/sources/Random.so"), lib("random"));
-    assert_eq!(env.node_file("etc/sources/random.yaml"), b"default:\n  interval: 1000\n");
+    assert_eq!(
+        env.node_file("etc/sources/random.yaml"),
+        b"default:\n  interval: 1000\n"
+    );
     assert_eq!(env.node_file("etc/sources/random/conf/extra.txt"), b"extra");
-    assert!(first.stderr.contains("installed"), "progress on stderr: {}", first.stderr);
+    assert!(
+        first.stderr.contains("installed"),
+        "progress on stderr: {}",
+        first.stderr
+    );
 
     // The registry drops echo and gets print 2.0.0 (a C build of the sink).
     env.drop_plugin("functions", "echo").await;
     let v2 = c_lib("print", 1, "2.0.0");
-    env.update("sinks", "print", so_zip("Print@v2.0.0.so", v2.clone())).await;
+    env.update("sinks", "print", so_zip("Print@v2.0.0.so", v2.clone()))
+        .await;
 
     let second = env.run_once(&[]).await;
     second.assert_ok();
@@ -57,7 +68,8 @@ async fn publish_update_drop_and_rerun(env: Env) {
     assert_eq!(second.list("updated"), ["sinks/print@2.0.0"]);
     assert_eq!(second.list("unchanged"), ["sources/random@"]);
     assert_eq!(second.list("installed"), Vec::<String>::new());
-    assert_eq!(second.report["loaded"],
+    assert_eq!(
+        second.report["loaded"],
         json!([
             {"type": "sources", "name": "random", "version": "1.0.0", "symbol": "Random"},
             {"type": "sinks", "name": "print", "version": "2.0.0", "symbol": "Print"},
@@ -78,13 +90,22 @@ async fn publish_update_drop_and_rerun(env: Env) {
     // Third run, nothing changed: nothing is downloaded. The stored zips are
     // made unreadable first, so a download could not succeed.
     for (ty, name) in [("sources", "random"), ("sinks", "print")] {
-        let sha = env.meta(ty, name).await["sha256"].as_str().unwrap().to_string();
+        let sha = env.meta(ty, name).await["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
         std::fs::write(env.object_path(&format!("blobs/sha256/{sha}.zip")), b"gone").unwrap();
     }
-    let gets_before = env.s3.as_ref().map(|s| s.stats().gets.load(Ordering::SeqCst));
+    let gets_before = env
+        .s3
+        .as_ref()
+        .map(|s| s.stats().gets.load(Ordering::SeqCst));
     let third = env.run_once(&[]).await;
     third.assert_ok();
-    assert_eq!(third.list("unchanged"), ["sinks/print@2.0.0", "sources/random@"]);
+    assert_eq!(
+        third.list("unchanged"),
+        ["sinks/print@2.0.0", "sources/random@"]
+    );
     for list in ["installed", "updated", "removed"] {
         assert_eq!(third.report[list], json!([]), "{list}: {}", third.report);
     }
@@ -105,7 +126,8 @@ async fn run_waits_for_sigterm(env: Env) {
     env.publish("sources", "random", random_zip()).await;
     // Store and root from the environment this time.
     let mut cmd = env.node_command(&["run"]);
-    cmd.env("KUIPER_STORE", env.store_arg()).env("KUIPER_NODE_ROOT", env.root());
+    cmd.env("KUIPER_STORE", env.store_arg())
+        .env("KUIPER_NODE_ROOT", env.root());
     let mut child = cmd.spawn().expect("spawn kuiper-node run");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().expect("a report line");
@@ -134,10 +156,17 @@ async fn run_waits_for_sigterm(env: Env) {
     sync.assert_ok();
     assert_eq!(sync.list("updated"), ["sources/random@"]);
     let after = std::fs::metadata(&lib_path).unwrap();
-    assert_ne!(before.ino(), after.ino(), "the library must be replaced, not rewritten");
+    assert_ne!(
+        before.ino(),
+        after.ino(),
+        "the library must be replaced, not rewritten"
+    );
     assert_eq!(std::fs::read(&lib_path).unwrap(), v3);
     assert_eq!(env.node_file("etc/sources/random/conf"), b"now a file");
-    assert!(child.try_wait().unwrap().is_none(), "the running node is unaffected");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the running node is unaffected"
+    );
     let pid = child.id().expect("pid") as libc::pid_t;
     // SAFETY: signalling the child this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);

@@ -21,7 +21,8 @@ async fn hand_placed_plugins_survive(env: Env) {
     fs::write(root.join("plugins/functions/Echo.so"), b"operator's echo").unwrap();
 
     env.publish("sources", "random", random_zip()).await;
-    env.publish("functions", "echo", so_zip("Echo.so", lib("echo"))).await;
+    env.publish("functions", "echo", so_zip("Echo.so", lib("echo")))
+        .await;
 
     // The registry's echo would overwrite the operator's file: refused.
     let first = env.sync(&[]).await;
@@ -29,7 +30,10 @@ async fn hand_placed_plugins_survive(env: Env) {
     assert_eq!(first.list("installed"), ["sources/random@"]);
     let err = first.error_of("functions/echo");
     assert!(err.contains("was not installed by kuiper-node"), "{err}");
-    assert_eq!(env.node_file("plugins/functions/Echo.so"), b"operator's echo");
+    assert_eq!(
+        env.node_file("plugins/functions/Echo.so"),
+        b"operator's echo"
+    );
 
     // The operator removes theirs; echo installs. They also add a file of
     // their own inside random's etc/ tree.
@@ -39,14 +43,22 @@ async fn hand_placed_plugins_survive(env: Env) {
     second.assert_ok();
     assert_eq!(second.list("installed"), ["functions/echo@"]);
     // Only plugins the agent installed are loaded.
-    assert_eq!(second.report["loaded"].as_array().unwrap().len(), 2, "{}", second.report);
+    assert_eq!(
+        second.report["loaded"].as_array().unwrap().len(),
+        2,
+        "{}",
+        second.report
+    );
 
     // Everything is dropped from the registry: only the agent's files go.
     env.drop_plugin("sources", "random").await;
     env.drop_plugin("functions", "echo").await;
     let third = env.sync(&[]).await;
     third.assert_ok();
-    assert_eq!(third.list("removed"), ["functions/echo@", "sources/random@"]);
+    assert_eq!(
+        third.list("removed"),
+        ["functions/echo@", "sources/random@"]
+    );
     assert_eq!(
         env.node_files(),
         [
@@ -86,7 +98,10 @@ async fn unusable_store_removes_nothing(env: Env) {
     assert!(err.contains("no-such"), "{err}");
     assert_eq!(run.report["loaded"], json!([]));
     assert_eq!(env.node_files(), before);
-    assert!(!env.scratch().join("no-such-store").exists(), "a node never creates a store");
+    assert!(
+        !env.scratch().join("no-such-store").exists(),
+        "a node never creates a store"
+    );
 
     // An S3 outage while listing: each type fails, nothing is removed.
     if let Some(s3) = &env.s3 {
@@ -99,7 +114,11 @@ async fn unusable_store_removes_nothing(env: Env) {
     }
 
     // A usage error is exit code 2 with clap's message, not a report.
-    let out = env.node_command(&["sync", "--store", "gs://x", "--root", &root]).output().await.unwrap();
+    let out = env
+        .node_command(&["sync", "--store", "gs://x", "--root", &root])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid store"));
 }

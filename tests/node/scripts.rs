@@ -36,7 +36,8 @@ async fn install_scripts_only_when_allowed(env: Env) {
         scripted_zip("failing", "echo 'libfoo is missing' >&2\nexit 3\n"),
     )
     .await;
-    env.publish("sinks", "hanging", scripted_zip("hanging", "sleep 600\n")).await;
+    env.publish("sinks", "hanging", scripted_zip("hanging", "sleep 600\n"))
+        .await;
     env.publish("sources", "random", random_zip()).await;
 
     // Not allowed (the default): plugins with a script fail, nothing runs.
@@ -67,8 +68,15 @@ async fn install_scripts_only_when_allowed(env: Env) {
     assert_eq!(lines.len(), 3, "{ran}");
     assert_eq!(&lines[..2], [marker_s.as_str(), "--flag"]);
     let state = env.root().canonicalize().unwrap().join(".kuiper-node/tmp");
-    assert!(lines[2].starts_with(&state.display().to_string()), "cwd {}", lines[2]);
-    assert!(!std::path::Path::new(lines[2]).exists(), "the temporary directory is removed");
+    assert!(
+        lines[2].starts_with(&state.display().to_string()),
+        "cwd {}",
+        lines[2]
+    );
+    assert!(
+        !std::path::Path::new(lines[2]).exists(),
+        "the temporary directory is removed"
+    );
 
     let failing = allowed.error_of("sinks/failing");
     assert!(failing.contains("install.sh failed"), "{failing}");

@@ -5,13 +5,20 @@ use serde_json::json;
 
 use crate::common::{lib, random_zip, so_zip, Env};
 
-on_both_stores!(sha256_mismatch_installs_nothing, other_architecture_is_skipped);
+on_both_stores!(
+    sha256_mismatch_installs_nothing,
+    other_architecture_is_skipped
+);
 
 async fn sha256_mismatch_installs_nothing(env: Env) {
     env.publish("sources", "random", random_zip()).await;
-    env.publish("sinks", "print", so_zip("Print.so", lib("print"))).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print")))
+        .await;
     // Someone replaces print's stored zip with another valid plugin zip.
-    let sha = env.meta("sinks", "print").await["sha256"].as_str().unwrap().to_string();
+    let sha = env.meta("sinks", "print").await["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let blob = env.object_path(&format!("blobs/sha256/{sha}.zip"));
     std::fs::write(&blob, so_zip("Print.so", lib("echo"))).unwrap();
 
