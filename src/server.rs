@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use tower::util::MapRequest;
 use tokio::net::TcpListener;
 
 use crate::api::auth::AuthKeys;
@@ -69,6 +70,52 @@ pub async fn open_store(url: &StoreUrl) -> Result<StoreKind, String> {
             Ok(StoreKind::S3(store))
         }
     }
+}
+
+/// Adapts the router to Lambda events: strips an API Gateway stage prefix
+/// (`/prod/plugins/...` -> `/plugins/...`), and takes the Lambda request id
+/// as the request id when the caller sent none.
+/// (The rewrite wraps the router, so it happens before routing.)
+pub fn for_lambda(app: Router) -> MapRequest<Router, fn(LambdaRequest) -> LambdaRequest> {
+    MapRequest::new(app, lambda_request::<lambda_http::Body> as fn(LambdaRequest) -> LambdaRequest)
+}
+
+type LambdaRequest = lambda_http::Request;
+
+fn lambda_request<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    use lambda_http::request::RequestContext;
+    use lambda_http::RequestExt;
+    let stage = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.clone(),
+        Some(RequestContext::ApiGatewayV1(ctx)) => ctx.stage.clone(),
+        _ => None,
+    };
+    if let Some(stage) = stage.filter(|s| !s.is_empty() && s != "$default") {
+        let prefix = format!("/{stage}");
+        let path = req.uri().path();
+        if path == prefix || path.starts_with(&format!("{prefix}/")) {
+            let rest = &path[prefix.len()..];
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let path_and_query = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            let mut parts = req.uri().clone().into_parts();
+            if let Ok(pq) = path_and_query.parse() {
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+    }
+    if !req.headers().contains_key("x-request-id") {
+        let id = req.lambda_context_ref().map(|c| c.request_id.clone());
+        if let Some(value) = id.and_then(|id| axum::http::HeaderValue::from_str(&id).ok()) {
+            req.headers_mut().insert("x-request-id", value);
+        }
+    }
+    req
 }
 
 /// Serves `app` on `listener` until SIGINT or SIGTERM.

@@ -84,7 +84,9 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     };
     if lambda {
         tracing::info!(store = %location, "serving AWS Lambda events");
-        return lambda_http::run(app).await.map_err(|e| e.to_string());
+        return lambda_http::run(server::for_lambda(app))
+            .await
+            .map_err(|e| e.to_string());
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
