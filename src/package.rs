@@ -259,8 +259,14 @@ pub fn check_entry_name(name: &str) -> Result<(), &'static str> {
     if name.chars().any(|c| c.is_control()) {
         return Err("control characters are not allowed in entry names");
     }
+    if name.len() > 1024 {
+        return Err("entry names longer than 1024 bytes are not allowed");
+    }
     let trimmed = name.strip_suffix('/').unwrap_or(name);
     for part in trimmed.split('/') {
+        if part.len() > 255 {
+            return Err("path components longer than 255 bytes are not allowed");
+        }
         match part {
             ".." => return Err("'..' would escape the plugin directory"),
             "." | "" => return Err("'.' and empty path components are not allowed"),

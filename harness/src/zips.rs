@@ -123,3 +123,23 @@ pub fn rename_in_place(mut bytes: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
     }
     bytes
 }
+
+/// Sets the "encrypted" flag (general purpose bit 0) on every entry, in the
+/// local headers and the central directory, as an encrypting zip tool would.
+pub fn mark_encrypted(mut bytes: Vec<u8>) -> Vec<u8> {
+    let mut i = 0;
+    while i + 10 <= bytes.len() {
+        match &bytes[i..i + 4] {
+            [0x50, 0x4b, 0x03, 0x04] => {
+                bytes[i + 6] |= 1;
+                i += 4;
+            }
+            [0x50, 0x4b, 0x01, 0x02] => {
+                bytes[i + 8] |= 1;
+                i += 4;
+            }
+            _ => i += 1,
+        }
+    }
+    bytes
+}

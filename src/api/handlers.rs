@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +19,21 @@ use crate::registry::PluginRequest;
 use crate::store::Store;
 
 type Shared<S> = State<Arc<AppState<S>>>;
+
+/// `Path`, with malformed path segments (bad percent-encoding, invalid UTF-8)
+/// answered as a JSON 400 like every other error.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(e) => Err(ApiError::bad_request(format!("invalid path: {}", e.body_text()))),
+        }
+    }
+}
 type ApiResult = Result<Response, ApiError>;
 
 fn plugin_type(s: &str) -> Result<PluginType, ApiError> {
@@ -103,7 +119,7 @@ pub async fn ping() -> Response {
 /// `POST /plugins/{type}`: create.
 pub async fn create<S: Store>(
     State(state): Shared<S>,
-    Path(ty): Path<String>,
+    ApiPath(ty): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let ty = plugin_type(&ty)?;
@@ -121,7 +137,7 @@ pub async fn create<S: Store>(
 }
 
 /// `GET /plugins/{type}`: names, sorted.
-pub async fn list<S: Store>(State(state): Shared<S>, Path(ty): Path<String>) -> ApiResult {
+pub async fn list<S: Store>(State(state): Shared<S>, ApiPath(ty): ApiPath<String>) -> ApiResult {
     let ty = plugin_type(&ty)?;
     let names = state
         .registry
@@ -134,7 +150,7 @@ pub async fn list<S: Store>(State(state): Shared<S>, Path(ty): Path<String>) -> 
 /// `GET /plugins/{type}/{name}`: metadata.
 pub async fn describe<S: Store>(
     State(state): Shared<S>,
-    Path((ty, name)): Path<(String, String)>,
+    ApiPath((ty, name)): ApiPath<(String, String)>,
 ) -> ApiResult {
     let ty = plugin_type(&ty)?;
     let meta =
@@ -147,7 +163,7 @@ pub async fn describe<S: Store>(
 /// `PUT /plugins/{type}/{name}`: update.
 pub async fn update<S: Store>(
     State(state): Shared<S>,
-    Path((ty, name)): Path<(String, String)>,
+    ApiPath((ty, name)): ApiPath<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let ty = plugin_type(&ty)?;
@@ -168,7 +184,7 @@ pub async fn update<S: Store>(
 /// `DELETE /plugins/{type}/{name}?callback=URL` (and `/rules/...`).
 pub async fn delete<S: Store>(
     State(state): Shared<S>,
-    Path((ty, name)): Path<(String, String)>,
+    ApiPath((ty, name)): ApiPath<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
     let ty = plugin_type(&ty)?;
@@ -201,7 +217,7 @@ pub async fn list_udfs<S: Store>(State(state): Shared<S>) -> ApiResult {
 /// `GET /plugins/udfs/{function}`: which plugin provides it.
 pub async fn describe_udf<S: Store>(
     State(state): Shared<S>,
-    Path(function): Path<String>,
+    ApiPath(function): ApiPath<String>,
 ) -> ApiResult {
     let owner =
         state.registry.describe_udf(&function).await.map_err(|e| {
@@ -219,7 +235,7 @@ struct FunctionList {
 /// `POST /plugins/functions/{name}/register {"functions":[..]}`.
 pub async fn register_functions<S: Store>(
     State(state): Shared<S>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let bytes = body_bytes(&state, body)?;

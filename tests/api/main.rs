@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod callbacks;
+mod corpus;
 mod create;
 mod delete;
 mod faults;
