@@ -129,14 +129,29 @@ async fn main() -> ExitCode {
     let synced = match synced {
         Ok(s) => s,
         Err(e) => {
-            progress.finish();
             progress.line(&format!("error: {e}"));
-            let mut report = Report::fatal(e);
-            if load {
-                report.loaded = Some(Vec::new());
+            // `run` still loads what the node has installed: a node that
+            // restarts while the store is unreachable keeps its plugins.
+            let fallback = if load {
+                node::installed(&common.root, Report::fatal(e.clone())).ok()
+            } else {
+                None
+            };
+            match fallback {
+                Some(s) => {
+                    progress.line("loading the plugins installed by the last sync");
+                    s
+                }
+                None => {
+                    progress.finish();
+                    let mut report = Report::fatal(e);
+                    if load {
+                        report.loaded = Some(Vec::new());
+                    }
+                    print_report(&report);
+                    return ExitCode::FAILURE;
+                }
             }
-            print_report(&report);
-            return ExitCode::FAILURE;
         }
     };
     // Signal handlers are installed before the report is printed, so a

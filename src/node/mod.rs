@@ -222,6 +222,21 @@ impl NodeStore {
     }
 }
 
+/// What the node has installed, from its manifest, without syncing: `run`
+/// falls back to it when the store cannot be used, so that a node restarting
+/// during an outage still loads the plugins it had.
+pub fn installed(root: &Path, report: Report) -> Result<Synced, String> {
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+    let manifest = manifest::Manifest::load(&root.join(layout::STATE_DIR).join("manifest.json"))?;
+    Ok(Synced {
+        report,
+        manifest,
+        root,
+    })
+}
+
 /// Loads every plugin the manifest lists as installed (not pending), in
 /// type then name order, adding what happened to `report`. Returns the loaded
 /// libraries, which stay mapped as long as they are kept.

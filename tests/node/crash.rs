@@ -71,6 +71,12 @@ async fn killed_sync_is_repaired_by_the_next(env: Env) {
         .spawn()
         .expect("spawn kuiper-node");
     let pid: libc::pid_t = wait_for(&started).await.trim().parse().expect("script pid");
+    // Meanwhile another sync of the same directory is refused, changing nothing.
+    let concurrent = env.sync(&[]).await;
+    concurrent.assert_failed();
+    let (what, err) = &concurrent.failures()[0];
+    assert_eq!(what, "/");
+    assert!(err.contains("another kuiper-node is syncing"), "{err}");
     child.kill().await.expect("SIGKILL kuiper-node");
     // SAFETY: killing the process group of the script this test made block.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
