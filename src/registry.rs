@@ -20,7 +20,8 @@ use url::Url;
 
 use crate::fetch::{FetchError, Fetcher};
 use crate::package::{self, NameError, PackageError, PackageFile, PluginType, ZipLimits};
-use crate::store::{keys, Condition, Object, Store, StoreError};
+use crate::store::{keys, Condition, Object, Store, StoreError, UploadChunk};
+use tokio::sync::mpsc;
 
 /// A plugin's metadata as stored in `plugins/{type}/{name}.json` and shown by describe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,8 @@ pub struct GcReport {
     pub blobs_removed: Vec<String>,
     /// Unreferenced zips kept because they are younger than the minimum age.
     pub blobs_too_young: Vec<String>,
+    /// Staging uploads left by interrupted requests, removed.
+    pub uploads_removed: Vec<String>,
     /// Stale function-name claims removed.
     pub claims_removed: Vec<String>,
     /// Nothing was deleted.
@@ -337,14 +340,74 @@ impl<S: Store> Registry<S> {
         given: &str,
         shell_paras: &[String],
     ) -> Result<Staged> {
-        let download = self
-            .fetcher
-            .download(url, &self.settings.tmp_dir)
-            .await
-            .map_err(|source| RegistryError::Download {
-                uri: given.to_string(),
-                source,
-            })?;
+        // Download, hash, check and upload overlap: chunks go to the store as
+        // they arrive (a multipart upload to a staging key), and the upload is
+        // committed only once the zip has passed the checks; otherwise it is
+        // aborted. The checked zip is then copied to its content address.
+        let staging = keys::upload(&uuid::Uuid::new_v4().simple().to_string());
+        let (tx, rx) = mpsc::channel::<UploadChunk>(64);
+        let fetch_and_check = async move {
+            let download = self
+                .fetcher
+                .download(url, &self.settings.tmp_dir, Some(&tx))
+                .await
+                .map_err(|source| RegistryError::Download {
+                    uri: given.to_string(),
+                    source,
+                })?;
+            let info = self
+                .check_download(&download, ty, name, shell_paras)
+                .await?;
+            tx.send(UploadChunk::End)
+                .await
+                .map_err(|_| RegistryError::Internal("the upload stopped".into()))?;
+            Ok::<_, RegistryError>((download, info))
+        };
+        let (checked, uploaded) =
+            tokio::join!(fetch_and_check, self.store.put_stream(&staging, rx));
+        let (download, info) = match (checked, uploaded) {
+            (Ok(done), Ok(())) => done,
+            (Ok(_), Err(store)) => return Err(store.into()),
+            (Err(e), Ok(())) => {
+                let _ = self.store.delete(&staging).await;
+                return Err(e);
+            }
+            // The upload failing first makes the download stop: report the store.
+            (Err(e), Err(store)) => {
+                let upload_stopped = matches!(
+                    &e,
+                    RegistryError::Download {
+                        source: FetchError::Local(_),
+                        ..
+                    }
+                ) || matches!(&e, RegistryError::Internal(_));
+                return Err(if upload_stopped { store.into() } else { e });
+            }
+        };
+        // Copied even when the same content is stored already: the fresh write
+        // keeps `gc` (which spares young zips) from removing it under this request.
+        let key = keys::blob(&download.sha256);
+        let copied = self.store.copy(&staging, &key).await;
+        if let Err(e) = self.store.delete(&staging).await {
+            tracing::warn!(key = %staging, error = %e, "could not remove a staging upload; gc will");
+        }
+        copied?;
+        Ok(Staged {
+            sha256: download.sha256,
+            size: download.size,
+            info,
+            source: display_url(url),
+        })
+    }
+
+    /// Runs the zip checks on a downloaded file (on a blocking thread).
+    async fn check_download(
+        &self,
+        download: &crate::fetch::Download,
+        ty: PluginType,
+        name: &str,
+        shell_paras: &[String],
+    ) -> Result<package::PackageInfo> {
         let file = download
             .file
             .reopen()
@@ -356,16 +419,7 @@ impl<S: Store> Registry<S> {
         })
         .await
         .map_err(|e| RegistryError::Internal(format!("zip check failed: {e}")))??;
-        // Uploaded even when the same content is stored already: the fresh write
-        // keeps `gc` (which spares young zips) from removing it under this request.
-        let key = keys::blob(&download.sha256);
-        self.store.put_file(&key, download.file.path()).await?;
-        Ok(Staged {
-            sha256: download.sha256,
-            size: download.size,
-            info,
-            source: display_url(url),
-        })
+        Ok(info)
     }
 
     fn meta_from(
@@ -451,7 +505,9 @@ impl<S: Store> Registry<S> {
                 });
             }
         }
-        let staged = self.stage(ty, name, &url, &req.file, &req.shell_paras).await?;
+        let staged = self
+            .stage(ty, name, &url, &req.file, &req.shell_paras)
+            .await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let claimed = match &functions {
             Some(list) => self.claim_all(name, &id, list).await?,
@@ -510,7 +566,9 @@ impl<S: Store> Registry<S> {
         let Some((current, obj)) = self.read_meta(ty, name).await? else {
             return Err(RegistryError::NotExist(name.to_string()));
         };
-        let staged = self.stage(ty, name, &url, &req.file, &req.shell_paras).await?;
+        let staged = self
+            .stage(ty, name, &url, &req.file, &req.shell_paras)
+            .await?;
         let functions = match ty {
             PluginType::Function => Some(
                 req.functions
@@ -819,6 +877,15 @@ impl<S: Store> Registry<S> {
                 self.store.delete(&blob.key).await?;
             }
             report.blobs_removed.push(blob.key);
+        }
+        for upload in self.store.list(keys::UPLOADS_PREFIX).await? {
+            if upload.modified > cutoff {
+                continue;
+            }
+            if !dry_run {
+                self.store.delete(&upload.key).await?;
+            }
+            report.uploads_removed.push(upload.key);
         }
         for listed in self.store.list(keys::UDFS_PREFIX).await? {
             let Some(obj) = self.store.get(&listed.key).await? else {

@@ -143,6 +143,81 @@ async fn files<S: Store>(s: &S) {
     );
 }
 
+async fn streams<S: Store>(s: &S) {
+    use kuiper_registry::store::UploadChunk;
+    // A completed stream of several parts' worth of data.
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let feed = {
+        let data = data.clone();
+        async move {
+            for chunk in data.chunks(1 << 20) {
+                tx.send(UploadChunk::Data(Bytes::copy_from_slice(chunk)))
+                    .await
+                    .unwrap();
+            }
+            tx.send(UploadChunk::End).await.unwrap();
+        }
+    };
+    let (_, put) = tokio::join!(feed, s.put_stream("uploads/a.zip", rx));
+    put.unwrap();
+    assert_eq!(
+        &s.get("uploads/a.zip").await.unwrap().unwrap().body[..],
+        &data[..]
+    );
+    // An empty stream is an empty object.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(UploadChunk::End).await.unwrap();
+    s.put_stream("uploads/empty.zip", rx).await.unwrap();
+    assert!(s
+        .get("uploads/empty.zip")
+        .await
+        .unwrap()
+        .unwrap()
+        .body
+        .is_empty());
+    // A stream that stops without End stores nothing.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let feed = async move {
+        tx.send(UploadChunk::Data(Bytes::from(vec![1u8; 9 << 20])))
+            .await
+            .unwrap();
+        drop(tx);
+    };
+    let (_, put) = tokio::join!(feed, s.put_stream("uploads/aborted.zip", rx));
+    assert!(put.is_err());
+    assert!(
+        s.get("uploads/aborted.zip").await.unwrap().is_none(),
+        "an aborted upload stores nothing"
+    );
+    // Copy.
+    s.copy("uploads/a.zip", "blobs/sha256/copied.zip")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("blobs/sha256/copied.zip")
+            .await
+            .unwrap()
+            .unwrap()
+            .body
+            .len(),
+        data.len()
+    );
+    s.delete("uploads/a.zip").await.unwrap();
+    assert_eq!(
+        s.get("blobs/sha256/copied.zip")
+            .await
+            .unwrap()
+            .unwrap()
+            .body
+            .len(),
+        data.len(),
+        "the copy is independent"
+    );
+    s.delete("uploads/empty.zip").await.unwrap();
+    s.delete("blobs/sha256/copied.zip").await.unwrap();
+}
+
 async fn create_only_race<S: Store>(s: Arc<S>) {
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -222,6 +297,7 @@ async fn suite<S: Store>(s: S) {
     conditions(&s).await;
     listing(&s).await;
     files(&s).await;
+    streams(&s).await;
     let s = Arc::new(s);
     create_only_race(s.clone()).await;
     compare_and_swap_loses_no_update(s).await;

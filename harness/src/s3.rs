@@ -1,9 +1,10 @@
 //! An in-process S3-protocol server on 127.0.0.1 (s3s + s3s-fs) with SigV4
 //! authentication, for tests that need a real S3 endpoint.
 //!
-//! s3s-fs checks `If-None-Match` / `If-Match` but not atomically, while AWS S3
-//! and MinIO are atomic; this server serialises writes per key so that race
-//! tests test the registry, not that gap. It can also be told to fail every
+//! s3s-fs checks `If-None-Match` / `If-Match` but not atomically, and writes an
+//! object's data and ETag separately, while AWS S3 and MinIO are atomic; this
+//! server serialises writes and reads per key so that race tests test the
+//! registry, not that gap. It can also be told to fail every
 //! request with a status, to test store outages.
 
 use std::collections::HashMap;
@@ -88,6 +89,10 @@ impl S3 for Serialized {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.fault()?;
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        // s3s-fs writes an object's data and its ETag separately; reading under
+        // the key's lock gives the atomic reads AWS S3 and MinIO give.
+        let lock = self.lock_for(&req.input.bucket, &req.input.key);
+        let _guard = lock.lock().await;
         self.inner.get_object(req).await
     }
 
@@ -97,6 +102,8 @@ impl S3 for Serialized {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         self.fault()?;
         self.stats.heads.fetch_add(1, Ordering::Relaxed);
+        let lock = self.lock_for(&req.input.bucket, &req.input.key);
+        let _guard = lock.lock().await;
         self.inner.head_object(req).await
     }
 
@@ -113,7 +120,10 @@ impl S3 for Serialized {
             .as_ref()
             .is_some_and(|needle| req.input.key.contains(needle.as_str()));
         if doomed {
-            return Err(s3_error!(ServiceUnavailable, "injected outage for this key"));
+            return Err(s3_error!(
+                ServiceUnavailable,
+                "injected outage for this key"
+            ));
         }
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         let lock = self.lock_for(&req.input.bucket, &req.input.key);
@@ -183,6 +193,17 @@ impl S3 for Serialized {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.fault()?;
         self.inner.abort_multipart_upload(req).await
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.fault()?;
+        self.stats.puts.fetch_add(1, Ordering::Relaxed);
+        let lock = self.lock_for(&req.input.bucket, &req.input.key);
+        let _guard = lock.lock().await;
+        self.inner.copy_object(req).await
     }
 
     async fn list_parts(

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 use url::Url;
+
+use crate::store::UploadChunk;
 
 use self::policy::{AddressPolicy, Refused};
 
@@ -90,6 +93,28 @@ pub struct Fetcher {
     settings: FetchSettings,
 }
 
+/// Sends a file's bytes to an upload, in 1 MiB chunks.
+async fn feed_file(path: &Path, tx: &mpsc::Sender<UploadChunk>) -> Result<(), FetchError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| FetchError::Local(e.to_string()))?;
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| FetchError::Local(e.to_string()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.truncate(n);
+        tx.send(UploadChunk::Data(bytes::Bytes::from(buf)))
+            .await
+            .map_err(|_| FetchError::Local("the upload stopped".into()))?;
+    }
+}
+
 /// A redirect refused by the policy.
 #[derive(Debug, thiserror::Error)]
 #[error("redirect to {url} refused: {reason}")]
@@ -162,20 +187,34 @@ impl Fetcher {
         &self.settings
     }
 
-    /// Downloads `url` into a temporary file in `tmp_dir`, hashing it.
-    pub async fn download(&self, url: &Url, tmp_dir: &Path) -> Result<Download, FetchError> {
+    /// Downloads `url` into a temporary file in `tmp_dir`, hashing it, and
+    /// (when `tee` is given) passing each chunk on as it arrives, so that an
+    /// upload can run while the download does. `tee` gets data only, never
+    /// [`UploadChunk::End`]: the caller decides whether the upload commits.
+    pub async fn download(
+        &self,
+        url: &Url,
+        tmp_dir: &Path,
+        tee: Option<&mpsc::Sender<UploadChunk>>,
+    ) -> Result<Download, FetchError> {
         let tmp = tempfile::Builder::new()
             .prefix("download-")
             .suffix(".zip")
             .tempfile_in(tmp_dir)
             .map_err(|e| FetchError::Local(e.to_string()))?;
         match url.scheme() {
-            "file" => self.copy_upload(url, tmp).await,
+            "file" => {
+                let download = self.copy_upload(url, tmp).await?;
+                if let Some(tx) = tee {
+                    feed_file(download.file.path(), tx).await?;
+                }
+                Ok(download)
+            }
             _ => {
                 let secs = self.settings.download_timeout.as_secs();
                 match tokio::time::timeout(
                     self.settings.download_timeout,
-                    self.http_download(url, tmp),
+                    self.http_download(url, tmp, tee),
                 )
                 .await
                 {
@@ -190,9 +229,13 @@ impl Fetcher {
         &self,
         url: &Url,
         tmp: tempfile::NamedTempFile,
+        tee: Option<&mpsc::Sender<UploadChunk>>,
     ) -> Result<Download, FetchError> {
         let limit = self.settings.max_download_bytes;
-        self.settings.policy.check_url(url).map_err(FetchError::Refused)?;
+        self.settings
+            .policy
+            .check_url(url)
+            .map_err(FetchError::Refused)?;
         let transport = |e: reqwest::Error| {
             if let Some(r) = refusal(&e) {
                 FetchError::Refused(r)
@@ -233,6 +276,11 @@ impl Fetcher {
             file.write_all(&chunk)
                 .await
                 .map_err(|e| FetchError::Local(e.to_string()))?;
+            if let Some(tx) = tee {
+                tx.send(UploadChunk::Data(chunk))
+                    .await
+                    .map_err(|_| FetchError::Local("the upload stopped".into()))?;
+            }
         }
         if let Some(expected) = announced {
             if expected != size {

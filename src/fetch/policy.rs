@@ -36,7 +36,11 @@ pub fn non_public_reason(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn in_v4(ip: Ipv4Addr, net: [u8; 4], bits: u32) -> bool {
-    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
     (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
 }
 
@@ -101,12 +105,19 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
 
 impl AddressPolicy {
     fn host_allowed(&self, host: &str, port: Option<u16>) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         self.allowed_hosts.iter().any(|entry| {
             let entry = entry.trim().to_ascii_lowercase();
-            match entry.rsplit_once(':').filter(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok()) {
+            match entry
+                .rsplit_once(':')
+                .filter(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
+            {
                 Some((h, p)) if !entry.starts_with('[') || h.ends_with(']') => {
-                    h.trim_start_matches('[').trim_end_matches(']') == host && port == p.parse().ok()
+                    h.trim_start_matches('[').trim_end_matches(']') == host
+                        && port == p.parse().ok()
                 }
                 _ => entry.trim_start_matches('[').trim_end_matches(']') == host,
             }
@@ -118,7 +129,10 @@ impl AddressPolicy {
     /// Names are checked when they are resolved.
     pub fn check_url(&self, url: &Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("scheme {} is not allowed (http or https only)", url.scheme()));
+            return Err(format!(
+                "scheme {} is not allowed (http or https only)",
+                url.scheme()
+            ));
         }
         if self.allow_private {
             return Ok(());
@@ -149,7 +163,11 @@ impl AddressPolicy {
                 .map(|h| {
                     let h = h.trim().to_ascii_lowercase();
                     match h.rsplit_once(':') {
-                        Some((name, port)) if port.parse::<u16>().is_ok() && !name.contains(':') => name.to_string(),
+                        Some((name, port))
+                            if port.parse::<u16>().is_ok() && !name.contains(':') =>
+                        {
+                            name.to_string()
+                        }
                         _ => h,
                     }
                 })
@@ -171,10 +189,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
         // Names allowed by host alone; `host:port` entries are enforced per URL.
         let trusted = self.allow_private || self.allowed_names.contains(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !trusted {
                 if let Some(bad) = addrs.iter().find(|a| non_public_reason(a.ip()).is_some()) {
-                    return Err(Box::new(Refused(bad.ip().to_string())) as Box<dyn std::error::Error + Send + Sync>);
+                    return Err(Box::new(Refused(bad.ip().to_string()))
+                        as Box<dyn std::error::Error + Send + Sync>);
                 }
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
@@ -221,7 +241,15 @@ mod tests {
         ] {
             assert_eq!(reason(ip), Some(why), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8", "169.253.0.1"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "169.253.0.1",
+        ] {
             assert_eq!(reason(ip), None, "{ip}");
         }
     }
@@ -246,17 +274,27 @@ mod tests {
             let e = p.check_url(&url).unwrap_err();
             assert!(e.contains("is not a public address"), "{u}: {e}");
         }
-        let e = p.check_url(&Url::parse("http://10.0.0.5/a.zip").unwrap()).unwrap_err();
+        let e = p
+            .check_url(&Url::parse("http://10.0.0.5/a.zip").unwrap())
+            .unwrap_err();
         assert_eq!(e, "destination 10.0.0.5 is not a public address (set KUIPER_ALLOW_PRIVATE_NETWORK or KUIPER_ALLOWED_HOSTS to allow it)");
-        assert!(p.check_url(&Url::parse("http://8.8.8.8/a.zip").unwrap()).is_ok());
-        assert!(p.check_url(&Url::parse("ftp://8.8.8.8/a.zip").unwrap()).is_err());
+        assert!(p
+            .check_url(&Url::parse("http://8.8.8.8/a.zip").unwrap())
+            .is_ok());
+        assert!(p
+            .check_url(&Url::parse("ftp://8.8.8.8/a.zip").unwrap())
+            .is_err());
     }
 
     #[test]
     fn allowed_hosts_are_exact() {
         let p = AddressPolicy {
             allow_private: false,
-            allowed_hosts: vec!["127.0.0.1:8080".into(), "10.0.0.5".into(), "[::1]:9000".into()],
+            allowed_hosts: vec![
+                "127.0.0.1:8080".into(),
+                "10.0.0.5".into(),
+                "[::1]:9000".into(),
+            ],
         };
         let ok = |u: &str| p.check_url(&Url::parse(u).unwrap()).is_ok();
         assert!(ok("http://127.0.0.1:8080/a.zip"));
@@ -266,7 +304,12 @@ mod tests {
         assert!(ok("http://10.0.0.5:99/a.zip"));
         assert!(ok("http://[::1]:9000/a.zip"));
         assert!(!ok("http://[::1]:9001/a.zip"));
-        let open = AddressPolicy { allow_private: true, allowed_hosts: vec![] };
-        assert!(open.check_url(&Url::parse("http://127.0.0.1/a.zip").unwrap()).is_ok());
+        let open = AddressPolicy {
+            allow_private: true,
+            allowed_hosts: vec![],
+        };
+        assert!(open
+            .check_url(&Url::parse("http://127.0.0.1/a.zip").unwrap())
+            .is_ok());
     }
 }

@@ -14,7 +14,7 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{Condition, ETag, Listed, Object, Store, StoreError};
+use super::{Condition, ETag, Listed, Object, Store, StoreError, UploadChunk};
 
 const TMP_DIR: &str = ".tmp";
 const LOCK_FILE: &str = ".lock";
@@ -200,6 +200,54 @@ impl Store for LocalStore {
             ensure_parent(&path)?;
             tmp.persist(&path).map_err(|e| io_err(e.error))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut chunks: tokio::sync::mpsc::Receiver<UploadChunk>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let (file, tmp_path) = self.temp_file()?.into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        loop {
+            match chunks.recv().await {
+                Some(UploadChunk::Data(bytes)) => {
+                    tokio::io::AsyncWriteExt::write_all(&mut file, &bytes)
+                        .await
+                        .map_err(io_err)?;
+                }
+                Some(UploadChunk::End) => break,
+                // Closed without End: aborted; the temporary file is removed on drop.
+                None => return Err(StoreError::Other("upload aborted".into())),
+            }
+        }
+        file.sync_all().await.map_err(io_err)?;
+        blocking(move || {
+            ensure_parent(&path)?;
+            tmp_path.persist(&path).map_err(|e| io_err(e.error))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let src = self.path(from)?;
+        let dest = self.path(to)?;
+        let tmp_dir = self.root.join(TMP_DIR);
+        blocking(move || {
+            // Objects are never modified in place, so a hard link is a copy.
+            let tmp = tmp_dir.join(format!("link-{}", uuid::Uuid::new_v4().simple()));
+            if fs::hard_link(&src, &tmp).is_err() {
+                fs::copy(&src, &tmp).map_err(io_err)?;
+            }
+            ensure_parent(&dest)?;
+            fs::rename(&tmp, &dest).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                io_err(e)
+            })
         })
         .await
     }

@@ -39,6 +39,15 @@ pub struct Listed {
     pub modified: u64,
 }
 
+/// A piece of a streamed upload ([`Store::put_stream`]).
+#[derive(Debug, Clone)]
+pub enum UploadChunk {
+    /// More bytes.
+    Data(Bytes),
+    /// Everything was sent and may be committed.
+    End,
+}
+
 /// The precondition of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
@@ -93,6 +102,19 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         path: &Path,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Uploads what arrives on `chunks` to `key` (multipart on S3), holding at
+    /// most one part in memory. The upload completes only when
+    /// [`UploadChunk::End`] arrives; if the channel closes before that, it is
+    /// aborted and nothing is stored.
+    fn put_stream(
+        &self,
+        key: &str,
+        chunks: tokio::sync::mpsc::Receiver<UploadChunk>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Copies an object to another key (server-side where the backend can).
+    fn copy(&self, from: &str, to: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Downloads an object into `dest` (created or truncated), streaming it.
     /// Returns `false` when the key is absent.
@@ -149,6 +171,14 @@ pub mod keys {
     /// The claim that makes a function name unique: `udfs/{function}.json`.
     pub fn udf(function: &str) -> String {
         format!("{UDFS_PREFIX}{function}.json")
+    }
+
+    /// Prefix of zips being uploaded while they are checked: `uploads/`.
+    pub const UPLOADS_PREFIX: &str = "uploads/";
+
+    /// A zip in transit, before its hash is known: `uploads/{id}.zip`.
+    pub fn upload(id: &str) -> String {
+        format!("{UPLOADS_PREFIX}{id}.zip")
     }
 }
 

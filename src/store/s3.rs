@@ -17,7 +17,8 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{Condition, ETag, Listed, Object, Store, StoreError};
+use super::{Condition, ETag, Listed, Object, Store, StoreError, UploadChunk};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 /// How to reach the bucket. Unset fields come from the standard AWS
 /// environment (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL_S3`, ...).
@@ -90,6 +91,61 @@ impl S3Store {
             Some(key)
         } else {
             key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+        }
+    }
+}
+
+/// Size of the parts of a streamed upload (S3's minimum is 5 MiB).
+pub const PART_SIZE: usize = 8 << 20;
+
+impl S3Store {
+    /// Uploads the parts of a multipart upload as chunks arrive; returns the
+    /// completed parts once `End` arrives, or an error if the stream stops.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        chunks: &mut tokio::sync::mpsc::Receiver<UploadChunk>,
+    ) -> Result<Vec<CompletedPart>, StoreError> {
+        let mut parts = Vec::new();
+        let mut buf = bytes::BytesMut::with_capacity(PART_SIZE);
+        loop {
+            let end = match chunks.recv().await {
+                Some(UploadChunk::Data(b)) => {
+                    buf.extend_from_slice(&b);
+                    false
+                }
+                Some(UploadChunk::End) => true,
+                None => return Err(StoreError::Other("upload aborted".into())),
+            };
+            while buf.len() >= PART_SIZE || (end && (!buf.is_empty() || parts.is_empty())) {
+                let take = buf.len().min(PART_SIZE);
+                let body = buf.split_to(take).freeze();
+                let number = parts.len() as i32 + 1;
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(body))
+                    .send()
+                    .await
+                    .map_err(|e| map_err("upload part", e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build(),
+                );
+                if buf.is_empty() && end {
+                    break;
+                }
+            }
+            if end {
+                return Ok(parts);
+            }
         }
     }
 }
@@ -218,6 +274,73 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| map_err("put object", e))?;
+        Ok(())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut chunks: tokio::sync::mpsc::Receiver<UploadChunk>,
+    ) -> Result<(), StoreError> {
+        let full_key = self.key(key);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full_key)
+            .content_type("application/zip")
+            .send()
+            .await
+            .map_err(|e| map_err("create multipart upload", e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StoreError::Other("no upload id".into()))?
+            .to_string();
+        let result = self.upload_parts(&full_key, &upload_id, &mut chunks).await;
+        match result {
+            Ok(parts) => {
+                let done = CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build();
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full_key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(done)
+                    .send()
+                    .await
+                    .map_err(|e| map_err("complete multipart upload", e))?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full_key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        let source = format!("{}/{}", self.bucket, self.key(from));
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(self.key(to))
+            .copy_source(
+                url::form_urlencoded::byte_serialize(source.as_bytes())
+                    .collect::<String>()
+                    .replace("%2F", "/"),
+            )
+            .send()
+            .await
+            .map_err(|e| map_err("copy object", e))?;
         Ok(())
     }
 
