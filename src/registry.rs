@@ -644,10 +644,10 @@ impl<S: Store> Registry<S> {
 
     /// Names of the plugins of a type, sorted; one list request per 1,000.
     pub async fn list(&self, ty: PluginType) -> Result<Vec<String>> {
-        let listed = self.store.list(&keys::plugins_prefix(ty)).await?;
+        let listed = self.store.list_keys(&keys::plugins_prefix(ty)).await?;
         let mut names: Vec<String> = listed
             .iter()
-            .filter_map(|l| keys::plugin_name(ty, &l.key))
+            .filter_map(|k| keys::plugin_name(ty, k))
             .map(str::to_string)
             .collect();
         names.sort();

@@ -122,6 +122,8 @@ async fn listing<S: Store>(s: &S) {
     assert!(l[0].modified > 1_600_000_000);
     let all = s.list("plugins/").await.unwrap();
     assert_eq!(all.len(), 4);
+    let keys = s.list_keys("plugins/").await.unwrap();
+    assert_eq!(keys, all.iter().map(|l| l.key.clone()).collect::<Vec<_>>());
 }
 
 async fn files<S: Store>(s: &S) {

@@ -30,6 +30,8 @@ pub const REGION: &str = "us-east-1";
 pub struct Stats {
     /// GetObject calls.
     pub gets: AtomicU64,
+    /// GetObject calls for zips (keys containing `blobs/`).
+    pub blob_gets: AtomicU64,
     /// PutObject calls (and multipart completions).
     pub puts: AtomicU64,
     /// ListObjects(V2) calls.
@@ -89,6 +91,9 @@ impl S3 for Serialized {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.fault()?;
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        if req.input.key.contains("blobs/") {
+            self.stats.blob_gets.fetch_add(1, Ordering::Relaxed);
+        }
         // s3s-fs writes an object's data and its ETag separately; reading under
         // the key's lock gives the atomic reads AWS S3 and MinIO give.
         let lock = self.lock_for(&req.input.bucket, &req.input.key);

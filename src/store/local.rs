@@ -284,57 +284,62 @@ impl Store for LocalStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        blocking(move || {
-            // Walk the deepest directory the prefix names, then filter by the rest.
-            let dir_part = match prefix.rfind('/') {
-                Some(i) => &prefix[..i],
-                None => "",
-            };
-            let start = if dir_part.is_empty() {
-                root.clone()
-            } else {
-                root.join(dir_part)
-            };
-            let mut out = Vec::new();
-            let mut stack = vec![start];
-            while let Some(dir) = stack.pop() {
-                let entries = match fs::read_dir(&dir) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err(e)),
-                };
-                for entry in entries {
-                    let entry = entry.map_err(io_err)?;
-                    let path = entry.path();
-                    let rel = match path.strip_prefix(&root).ok().and_then(|p| p.to_str()) {
-                        Some(r) => r.to_string(),
-                        None => continue,
-                    };
-                    if rel.starts_with('.') {
-                        continue;
-                    }
-                    let meta = entry.metadata().map_err(io_err)?;
-                    if meta.is_dir() {
-                        stack.push(path);
-                    } else if meta.is_file() && rel.starts_with(&prefix) {
-                        let modified = meta
-                            .modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_secs());
-                        out.push(Listed {
-                            key: rel,
-                            size: meta.len(),
-                            modified,
-                        });
-                    }
-                }
-            }
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
-        .await
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        blocking(move || walk(&root, &prefix, true)).await
     }
+
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        blocking(move || Ok(walk(&root, &prefix, false)?.into_iter().map(|l| l.key).collect())).await
+    }
+}
+
+/// Every file under `root` whose key starts with `prefix`, sorted; sizes and
+/// times only when `with_meta` (otherwise no `stat` per file).
+fn walk(root: &Path, prefix: &str, with_meta: bool) -> Result<Vec<Listed>, StoreError> {
+    // Walk the deepest directory the prefix names, then filter by the rest.
+    let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+    let start = if dir_part.is_empty() { root.to_path_buf() } else { root.join(dir_part) };
+    let mut out = Vec::new();
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err)?;
+            let path = entry.path();
+            let Some(rel) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) else {
+                continue;
+            };
+            if rel.starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(io_err)?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() && rel.starts_with(prefix) {
+                let (size, modified) = if with_meta {
+                    let meta = entry.metadata().map_err(io_err)?;
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    (meta.len(), modified)
+                } else {
+                    (0, 0)
+                };
+                out.push(Listed {
+                    key: rel.to_string(),
+                    size,
+                    modified,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
 }

@@ -132,6 +132,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every key under `prefix` (which ends in `/`), in lexicographic order.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
+
+    /// Only the keys under `prefix`, sorted: what listing plugin names needs,
+    /// which a backend may produce more cheaply than [`Store::list`].
+    fn list_keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        async move { Ok(self.list(prefix).await?.into_iter().map(|l| l.key).collect()) }
+    }
 }
 
 /// The bucket layout. `docs/storage.md` describes it for operators and nodes.

@@ -1,0 +1,423 @@
+//! Performance figures for issue 6, each printed with its baseline and ratio:
+//!
+//! 1. create of a 64 MiB plugin into the S3 store vs downloading the file plus
+//!    uploading it with the same S3 client, one after the other;
+//! 2. peak RSS of `plugin-api` during a 250 MiB create (target: under 64 MiB);
+//! 3. `GET /plugins/{type}` with 10,000 plugins vs with 10, and the store
+//!    list requests per call (S3 and local store);
+//! 4. `kuiper-node sync`: first sync of 200 plugins of ~1 MiB vs fetching the
+//!    same objects in parallel with a plain client; a second sync with nothing
+//!    changed (zip downloads, list and get requests);
+//! 5. cold start of `plugin-api` (S3 store) vs a minimal lambda_http/hyper
+//!    service built with the same profile, and the binary's size.
+//!
+//! Run: `cargo bench --bench perf` (everything on 127.0.0.1: an in-process
+//! S3-protocol server and a wiremock file host). `PERF_QUICK=1` uses smaller sizes.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use futures_util::StreamExt;
+use kuiper_harness::files::FileHost;
+use kuiper_harness::plugins::example_so;
+use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
+use kuiper_harness::zips::ZipBuilder;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const MIB: usize = 1 << 20;
+
+fn quick() -> bool {
+    std::env::var_os("PERF_QUICK").is_some()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Incompressible bytes (xorshift), so zips are as large as their content.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn plugin_zip(name: &str, payload: usize, seed: u64) -> Vec<u8> {
+    let upper = kuiper_registry::package::uc_first(name);
+    ZipBuilder::new()
+        .stored()
+        .file(&format!("{upper}.so"), example_so("print"))
+        .file("etc/payload.bin", noise(payload, seed))
+        .build()
+}
+
+struct Proc {
+    child: tokio::process::Child,
+    base: String,
+}
+
+fn s3_env(s3: &S3Server) -> Vec<(&'static str, String)> {
+    vec![
+        ("KUIPER_STORE", format!("s3://{}", s3.bucket())),
+        ("AWS_ENDPOINT_URL_S3", s3.endpoint().to_string()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ("AWS_REGION", REGION.into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+async fn spawn(bin: &str, envs: &[(&str, String)]) -> (Proc, Duration) {
+    let started = Instant::now();
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KUIPER_LISTEN", "127.0.0.1:0")
+        .env("KUIPER_ALLOW_PRIVATE_NETWORK", "true")
+        .env("KUIPER_DOWNLOAD_TIMEOUT_SECS", "600")
+        .env("KUIPER_READ_TIMEOUT_SECS", "60")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().expect("first line");
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("address")
+        .to_string();
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/ping")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (Proc { child, base }, started.elapsed())
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn create(base: &str, ty: &str, name: &str, url: &str) -> Duration {
+    let t = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/plugins/{ty}"))
+        .body(json!({"name": name, "file": url}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert!(status.is_success(), "create {name}: {status} {body}");
+    t.elapsed()
+}
+
+async fn s3_client(s3: &S3Server) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version_latest()
+        .region(aws_sdk_s3::config::Region::new(REGION))
+        .endpoint_url(s3.endpoint())
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "bench"))
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+fn row(what: &str, value: String, baseline: String, ratio: f64, target: &str) {
+    println!("{what:<58} {value:>14} {baseline:>14} {ratio:>7.2}  {target}");
+}
+
+async fn bench_create(s3: &S3Server, files: &FileHost, dir: &Path) {
+    let size = if quick() { 16 * MIB } else { 64 * MIB };
+    let url = files.serve("/bench/create.zip", plugin_zip("big", size, 7)).await;
+    let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
+    let client = s3_client(s3).await;
+    let http = reqwest::Client::new();
+    let (mut creates, mut downloads, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..3 {
+        creates.push(create(&api.base, "sinks", "big", &url).await.as_secs_f64());
+        let r = http.delete(format!("{}/plugins/sinks/big", api.base)).send().await.unwrap();
+        assert!(r.status().is_success());
+        // Baseline: download to a file, then upload that file with the same S3 client.
+        let t = Instant::now();
+        let path = dir.join(format!("baseline-{run}.zip"));
+        let mut f = tokio::fs::File::create(&path).await.unwrap();
+        let mut resp = http.get(&url).send().await.unwrap();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            f.write_all(&chunk).await.unwrap();
+        }
+        f.flush().await.unwrap();
+        downloads.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        client
+            .put_object()
+            .bucket(s3.bucket())
+            .key(format!("baseline/{run}.zip"))
+            .body(ByteStream::from_path(&path).await.unwrap())
+            .send()
+            .await
+            .unwrap();
+        uploads.push(t.elapsed().as_secs_f64());
+    }
+    let (c, d, u) = (median(creates), median(downloads), median(uploads));
+    row(
+        &format!("1. create {} MiB into S3 (s) vs download + upload", size / MIB),
+        format!("{c:.3}"),
+        format!("{:.3}+{:.3}", d, u),
+        c / (d + u),
+        "ratio <= 1",
+    );
+    drop(api);
+}
+
+async fn bench_rss(s3: &S3Server, files: &FileHost) {
+    let size = if quick() { 64 * MIB } else { 250 * MIB };
+    let url = files.serve("/bench/huge.zip", plugin_zip("huge", size, 11)).await;
+    let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
+    let pid = api.child.id().unwrap();
+    let before = vm_hwm_kib(pid);
+    let took = create(&api.base, "sinks", "huge", &url).await;
+    let peak = vm_hwm_kib(pid);
+    row(
+        &format!("2. peak RSS of plugin-api, {} MiB create (MiB)", size / MIB),
+        format!("{:.1}", peak as f64 / 1024.0),
+        "64.0".into(),
+        peak as f64 / 1024.0 / 64.0,
+        &format!("< 1 (idle {:.1} MiB, create {:.1} s)", before as f64 / 1024.0, took.as_secs_f64()),
+    );
+}
+
+fn populate(dir: &Path, ty: &str, n: usize) {
+    let d = dir.join("plugins").join(ty);
+    std::fs::create_dir_all(&d).unwrap();
+    for i in 0..n {
+        std::fs::write(d.join(format!("p{i:05}.json")), b"{}").unwrap();
+    }
+}
+
+async fn time_list(base: &str, ty: &str, runs: usize) -> f64 {
+    let http = reqwest::Client::new();
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = http.get(format!("{base}/plugins/{ty}")).send().await.unwrap();
+        assert!(r.status().is_success());
+        let _ = r.bytes().await.unwrap();
+        v.push(t.elapsed().as_secs_f64());
+    }
+    median(v)
+}
+
+async fn bench_listing() {
+    let big = if quick() { 2_000 } else { 10_000 };
+    // S3: objects written straight into the server's bucket directory.
+    let s3 = S3Server::start("listing").await;
+    populate(&s3.bucket_dir(), "sources", 10);
+    populate(&s3.bucket_dir(), "sinks", big);
+    let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(&s3)).await;
+    let small = time_list(&api.base, "sources", 30).await;
+    let lists0 = s3.stats().lists.load(Ordering::SeqCst);
+    let gets0 = s3.stats().gets.load(Ordering::SeqCst);
+    let large = time_list(&api.base, "sinks", 9).await;
+    let lists = (s3.stats().lists.load(Ordering::SeqCst) - lists0) as f64 / 9.0;
+    let gets = (s3.stats().gets.load(Ordering::SeqCst) - gets0) as f64 / 9.0;
+    row(
+        &format!("3. S3 list {big} plugins vs 10 (ms)"),
+        format!("{:.2}", large * 1e3),
+        format!("{:.2}", small * 1e3),
+        large / small,
+        &format!("< 5 ({lists:.0} list + {gets:.0} get requests per call)"),
+    );
+    drop(api);
+    // Local store.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    populate(&store, "sources", 10);
+    populate(&store, "sinks", big);
+    let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &[("KUIPER_STORE", store.display().to_string())]).await;
+    let small = time_list(&api.base, "sources", 30).await;
+    let large = time_list(&api.base, "sinks", 9).await;
+    row(
+        &format!("3. local list {big} plugins vs 10 (ms)"),
+        format!("{:.2}", large * 1e3),
+        format!("{:.2}", small * 1e3),
+        large / small,
+        "< 5",
+    );
+}
+
+async fn bench_node(files: &FileHost) {
+    let n: usize = if quick() { 40 } else { 200 };
+    let s3 = S3Server::start("fleet").await;
+    let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(&s3)).await;
+    for i in 0..n {
+        let name = format!("n{i:03}");
+        let url = files.serve(&format!("/node/{name}.zip"), plugin_zip(&name, MIB - 200_000, i as u64 + 100)).await;
+        create(&api.base, "sinks", &name, &url).await;
+    }
+    drop(api);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("node");
+    let stats = s3.stats().clone();
+    let sync = |root: std::path::PathBuf| {
+        let envs = s3_env(&s3);
+        async move {
+            let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuiper-node"));
+            cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+            for (k, v) in envs {
+                cmd.env(k, v);
+            }
+            let t = Instant::now();
+            let out = cmd
+                .arg("sync")
+                .arg("--root")
+                .arg(&root)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            t.elapsed().as_secs_f64()
+        }
+    };
+    let counts = || {
+        (
+            stats.blob_gets.load(Ordering::SeqCst),
+            stats.lists.load(Ordering::SeqCst),
+            stats.gets.load(Ordering::SeqCst),
+        )
+    };
+    let c0 = counts();
+    let first = sync(root.clone()).await;
+    let c1 = counts();
+    // Baseline: the same zips fetched in parallel (8 at a time, as the node) with a plain client.
+    let client = s3_client(&s3).await;
+    let keys: Vec<String> = std::fs::read_dir(s3.bucket_dir().join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("blobs/sha256/{}", e.file_name().to_string_lossy()))
+        .collect();
+    let base_dir = dir.path().join("baseline");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    let t = Instant::now();
+    futures_util::stream::iter(keys.iter().enumerate())
+        .for_each_concurrent(8, |(i, key)| {
+            let (client, bucket, path) = (client.clone(), s3.bucket().to_string(), base_dir.join(format!("{i}.zip")));
+            async move {
+                let out = client.get_object().bucket(bucket).key(key).send().await.unwrap();
+                let mut f = tokio::fs::File::create(path).await.unwrap();
+                let mut body = out.body;
+                while let Some(chunk) = body.try_next().await.unwrap() {
+                    f.write_all(&chunk).await.unwrap();
+                }
+            }
+        })
+        .await;
+    let baseline = t.elapsed().as_secs_f64();
+    let c1 = counts();
+    row(
+        &format!("4. node first sync of {n} plugins (s) vs parallel fetch"),
+        format!("{first:.3}"),
+        format!("{baseline:.3}"),
+        first / baseline,
+        &format!("<= 1.5 ({} zip downloads)", c1.0 - c0.0),
+    );
+    let again = sync(root.clone()).await;
+    let c2 = counts();
+    row(
+        "4. node sync with nothing changed (s)",
+        format!("{again:.3}"),
+        "-".into(),
+        0.0,
+        &format!(
+            "{} zip downloads (target 0), {} list requests (target <= {}), {} gets",
+            c2.0 - c1.0,
+            c2.1 - c1.1,
+            n.div_ceil(1000) + 1,
+            c2.2 - c1.2
+        ),
+    );
+}
+
+async fn bench_cold_start(s3: &S3Server) {
+    let (mut ours, mut hello) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (p, t) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
+        ours.push(t.as_secs_f64());
+        drop(p);
+        let (p, t) = spawn(env!("CARGO_BIN_EXE_hello-baseline"), &[]).await;
+        hello.push(t.as_secs_f64());
+        drop(p);
+    }
+    let (o, h) = (median(ours), median(hello));
+    row(
+        "5. cold start to first answer (ms) vs hello-world",
+        format!("{:.1}", o * 1e3),
+        format!("{:.1}", h * 1e3),
+        o / h,
+        "<= 1.5",
+    );
+    let size = |p: &str| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / MIB as f64;
+    row(
+        "5. binary size (MiB) vs hello-world",
+        format!("{:.1}", size(env!("CARGO_BIN_EXE_plugin-api"))),
+        format!("{:.1}", size(env!("CARGO_BIN_EXE_hello-baseline"))),
+        size(env!("CARGO_BIN_EXE_plugin-api")) / size(env!("CARGO_BIN_EXE_hello-baseline")),
+        "report",
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` / test discovery
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start("plugins").await;
+    let files = FileHost::start().await;
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim()
+    );
+    println!("{:<58} {:>14} {:>14} {:>7}  target", "figure", "value", "baseline", "ratio");
+    bench_create(&s3, &files, dir.path()).await;
+    bench_rss(&s3, &files).await;
+    bench_listing().await;
+    bench_node(&files).await;
+    bench_cold_start(&s3).await;
+}
