@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use tower::util::MapRequest;
 use tokio::net::TcpListener;
+use tower::util::MapRequest;
 
 use crate::api::auth::AuthKeys;
 use crate::api::{self, AppState};
@@ -77,7 +77,10 @@ pub async fn open_store(url: &StoreUrl) -> Result<StoreKind, String> {
 /// as the request id when the caller sent none.
 /// (The rewrite wraps the router, so it happens before routing.)
 pub fn for_lambda(app: Router) -> MapRequest<Router, fn(LambdaRequest) -> LambdaRequest> {
-    MapRequest::new(app, lambda_request::<lambda_http::Body> as fn(LambdaRequest) -> LambdaRequest)
+    MapRequest::new(
+        app,
+        lambda_request::<lambda_http::Body> as fn(LambdaRequest) -> LambdaRequest,
+    )
 }
 
 type LambdaRequest = lambda_http::Request;

@@ -239,10 +239,19 @@ async fn file_urls_only_from_the_uploads_directory() {
 #[tokio::test]
 async fn non_loopback_listen_needs_authentication() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ("KUIPER_STORE", dir.path().join("data").display().to_string());
+    let store = (
+        "KUIPER_STORE",
+        dir.path().join("data").display().to_string(),
+    );
     let err = start_fails(&[store.clone(), ("KUIPER_LISTEN", "0.0.0.0:0".into())]).await;
-    assert!(err.contains("refusing to listen on 0.0.0.0:0 without authentication"), "{err}");
-    assert!(!dir.path().join("data").exists(), "refused before touching the store");
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without authentication"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before touching the store"
+    );
 
     // With keys configured, it starts (and requests need tokens).
     let keys = dir.path().join("keys");
@@ -256,7 +265,9 @@ async fn non_loopback_listen_needs_authentication() {
     ])
     .await;
     let port = base.rsplit(':').next().unwrap();
-    let r = reqwest::get(format!("http://127.0.0.1:{port}/plugins/sinks")).await.unwrap();
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/plugins/sinks"))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
     // An empty keys directory is refused at startup.
@@ -268,7 +279,13 @@ async fn non_loopback_listen_needs_authentication() {
 
 async fn killed_mid_create_leaves_no_plugin(envs: Vec<(&'static str, String)>) {
     let files = FileHost::start().await;
-    let url = files.serve_slow("/sinks/slow.zip", plugin_zip("slow"), Duration::from_secs(20)).await;
+    let url = files
+        .serve_slow(
+            "/sinks/slow.zip",
+            plugin_zip("slow"),
+            Duration::from_secs(20),
+        )
+        .await;
     let (mut child, base) = start(&envs).await;
     let pending = tokio::spawn({
         let (base, url) = (base.clone(), url.clone());
@@ -281,20 +298,33 @@ async fn killed_mid_create_leaves_no_plugin(envs: Vec<(&'static str, String)>) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(files.hits("/sinks/slow.zip").await, 1, "the create was under way");
+    assert_eq!(
+        files.hits("/sinks/slow.zip").await,
+        1,
+        "the create was under way"
+    );
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let _ = pending.await;
     let (_again, base) = start(&envs).await;
-    assert!(list(&base, "sinks").await.is_empty(), "no half-created plugin");
-    let r = reqwest::get(format!("{base}/plugins/sinks/slow")).await.unwrap();
+    assert!(
+        list(&base, "sinks").await.is_empty(),
+        "no half-created plugin"
+    );
+    let r = reqwest::get(format!("{base}/plugins/sinks/slow"))
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
 
 #[tokio::test]
 async fn killed_mid_create_local() {
     let dir = tempfile::tempdir().unwrap();
-    killed_mid_create_leaves_no_plugin(vec![("KUIPER_STORE", dir.path().join("data").display().to_string())]).await;
+    killed_mid_create_leaves_no_plugin(vec![(
+        "KUIPER_STORE",
+        dir.path().join("data").display().to_string(),
+    )])
+    .await;
 }
 
 #[tokio::test]
@@ -309,7 +339,9 @@ async fn gc_command(envs: Vec<(&'static str, String)>, blobs_dir: std::path::Pat
     let v2 = files
         .serve(
             "/sinks/g2.zip",
-            ZipBuilder::new().file("Gc@v2.so", example_so("print")).build(),
+            ZipBuilder::new()
+                .file("Gc@v2.so", example_so("print"))
+                .build(),
         )
         .await;
     let (_child, base) = start(&envs).await;
@@ -321,7 +353,11 @@ async fn gc_command(envs: Vec<(&'static str, String)>, blobs_dir: std::path::Pat
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let count = || std::fs::read_dir(&blobs_dir).map(|d| d.count()).unwrap_or(0);
+    let count = || {
+        std::fs::read_dir(&blobs_dir)
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     assert_eq!(count(), 2, "v1's zip is now unreferenced");
 
     let run_gc = |args: Vec<&'static str>| {
@@ -329,34 +365,65 @@ async fn gc_command(envs: Vec<(&'static str, String)>, blobs_dir: std::path::Pat
         cmd.arg("gc").args(args);
         async move {
             let out = cmd.output().await.unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
         }
     };
     // Young zips are spared by default.
     let report = run_gc(vec![]).await;
-    assert_eq!(report["blobsRemoved"].as_array().unwrap().len(), 0, "{report}");
-    assert_eq!(report["blobsTooYoung"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(
+        report["blobsRemoved"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
+    assert_eq!(
+        report["blobsTooYoung"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
     let report = run_gc(vec!["--min-age-secs", "0", "--dry-run"]).await;
-    assert_eq!(report["blobsRemoved"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(
+        report["blobsRemoved"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
     assert_eq!(count(), 2, "a dry run removes nothing");
     let report = run_gc(vec!["--min-age-secs", "0"]).await;
-    assert_eq!(report["blobsRemoved"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(
+        report["blobsRemoved"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
     assert_eq!(report["blobsReferenced"], 1);
     assert_eq!(count(), 1);
     let d: serde_json::Value = serde_json::from_str(
-        &reqwest::get(format!("{base}/plugins/sinks/gc")).await.unwrap().text().await.unwrap(),
+        &reqwest::get(format!("{base}/plugins/sinks/gc"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(d["version"], "2", "the plugin is intact");
-    assert!(blobs_dir.join(format!("{}.zip", d["sha256"].as_str().unwrap())).is_file());
+    assert!(blobs_dir
+        .join(format!("{}.zip", d["sha256"].as_str().unwrap()))
+        .is_file());
 }
 
 #[tokio::test]
 async fn gc_removes_only_unreferenced_zips_local() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    gc_command(vec![("KUIPER_STORE", data.display().to_string())], data.join("blobs/sha256")).await;
+    gc_command(
+        vec![("KUIPER_STORE", data.display().to_string())],
+        data.join("blobs/sha256"),
+    )
+    .await;
 }
 
 #[tokio::test]

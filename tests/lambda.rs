@@ -35,26 +35,47 @@ async fn next(State(emu): State<Arc<Emulator>>) -> impl IntoResponse {
         unreachable!()
     };
     let mut headers = HeaderMap::new();
-    headers.insert("lambda-runtime-aws-request-id", HeaderValue::from_str(&id).unwrap());
-    headers.insert("lambda-runtime-deadline-ms", HeaderValue::from_static("4102444800000"));
+    headers.insert(
+        "lambda-runtime-aws-request-id",
+        HeaderValue::from_str(&id).unwrap(),
+    );
+    headers.insert(
+        "lambda-runtime-deadline-ms",
+        HeaderValue::from_static("4102444800000"),
+    );
     headers.insert(
         "lambda-runtime-invoked-function-arn",
         HeaderValue::from_static("arn:aws:lambda:us-east-1:123456789012:function:plugin-api"),
     );
-    headers.insert("lambda-runtime-trace-id", HeaderValue::from_static("Root=1-5759e988-bd862e3fe1be46a994272793"));
+    headers.insert(
+        "lambda-runtime-trace-id",
+        HeaderValue::from_static("Root=1-5759e988-bd862e3fe1be46a994272793"),
+    );
     (headers, Json(event))
 }
 
-async fn respond(State(emu): State<Arc<Emulator>>, Path(id): Path<String>, body: String) -> &'static str {
+async fn respond(
+    State(emu): State<Arc<Emulator>>,
+    Path(id): Path<String>,
+    body: String,
+) -> &'static str {
     if let Some(tx) = emu.waiting.lock().await.remove(&id) {
-        let _ = tx.send(Ok(serde_json::from_str(&body).unwrap_or(Value::String(body))));
+        let _ = tx.send(Ok(
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        ));
     }
     "accepted"
 }
 
-async fn error(State(emu): State<Arc<Emulator>>, Path(id): Path<String>, body: String) -> &'static str {
+async fn error(
+    State(emu): State<Arc<Emulator>>,
+    Path(id): Path<String>,
+    body: String,
+) -> &'static str {
     if let Some(tx) = emu.waiting.lock().await.remove(&id) {
-        let _ = tx.send(Err(serde_json::from_str(&body).unwrap_or(Value::String(body))));
+        let _ = tx.send(Err(
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        ));
     }
     "accepted"
 }
@@ -75,7 +96,10 @@ impl Lambda {
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route("/2018-06-01/runtime/invocation/{id}/response", post(respond))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(respond),
+            )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .with_state(emu.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,7 +133,11 @@ impl Lambda {
 
     /// Sends one event and returns the function's response (or its error).
     async fn invoke(&self, event: Value) -> Result<Value, Value> {
-        let id = format!("req-{}", self.counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let id = format!(
+            "req-{}",
+            self.counter
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         let (tx, rx) = oneshot::channel();
         self.emu.waiting.lock().await.insert(id.clone(), tx);
         self.events.send((id, event)).await.unwrap();
@@ -123,8 +151,16 @@ impl Lambda {
 /// An API Gateway HTTP API (payload 2.0) event, or a function URL event.
 fn event(kind: &str, method: &str, path: &str, query: &str, body: Option<Value>) -> Value {
     let (domain, stage, raw_path) = match kind {
-        "apigw" => ("abc123.execute-api.us-east-1.amazonaws.com", "prod", format!("/prod{path}")),
-        _ => ("xyz789.lambda-url.us-east-1.on.aws", "$default", path.to_string()),
+        "apigw" => (
+            "abc123.execute-api.us-east-1.amazonaws.com",
+            "prod",
+            format!("/prod{path}"),
+        ),
+        _ => (
+            "xyz789.lambda-url.us-east-1.on.aws",
+            "$default",
+            path.to_string(),
+        ),
     };
     json!({
         "version": "2.0",
@@ -150,29 +186,50 @@ fn event(kind: &str, method: &str, path: &str, query: &str, body: Option<Value>)
 }
 
 fn status_body(r: &Value) -> (u64, String) {
-    (r["statusCode"].as_u64().unwrap(), r["body"].as_str().unwrap_or_default().to_string())
+    (
+        r["statusCode"].as_u64().unwrap(),
+        r["body"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_events_drive_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let files = FileHost::start().await;
-    let zip = ZipBuilder::new().file("Lam.so", example_so("print")).build();
+    let zip = ZipBuilder::new()
+        .file("Lam.so", example_so("print"))
+        .build();
     let url = files.serve("/sinks/lam.zip", zip).await;
     let lambda = Lambda::start(&dir.path().join("store")).await;
 
     for kind in ["apigw", "url"] {
         let r = lambda
-            .invoke(event(kind, "POST", "/plugins/sinks", "", Some(json!({"name": "lam", "file": url}))))
+            .invoke(event(
+                kind,
+                "POST",
+                "/plugins/sinks",
+                "",
+                Some(json!({"name": "lam", "file": url})),
+            ))
             .await
             .expect("response");
-        assert_eq!(status_body(&r), (201, "sinks plugin lam is created".to_string()), "{kind}: {r}");
+        assert_eq!(
+            status_body(&r),
+            (201, "sinks plugin lam is created".to_string()),
+            "{kind}: {r}"
+        );
 
-        let r = lambda.invoke(event(kind, "GET", "/plugins/sinks", "", None)).await.unwrap();
+        let r = lambda
+            .invoke(event(kind, "GET", "/plugins/sinks", "", None))
+            .await
+            .unwrap();
         assert_eq!(status_body(&r), (200, "[\"lam\"]".to_string()), "{kind}");
         assert_eq!(r["headers"]["content-type"], "application/json");
 
-        let r = lambda.invoke(event(kind, "GET", "/plugins/sinks/lam", "", None)).await.unwrap();
+        let r = lambda
+            .invoke(event(kind, "GET", "/plugins/sinks/lam", "", None))
+            .await
+            .unwrap();
         let (status, body) = status_body(&r);
         assert_eq!(status, 200, "{kind}: {body}");
         let meta: Value = serde_json::from_str(&body).unwrap();
@@ -180,27 +237,63 @@ async fn lambda_events_drive_the_api() {
         assert_eq!(meta["source"], url);
 
         let r = lambda
-            .invoke(event(kind, "POST", "/plugins/sinks", "", Some(json!({"name": "a.b", "file": url}))))
+            .invoke(event(
+                kind,
+                "POST",
+                "/plugins/sinks",
+                "",
+                Some(json!({"name": "a.b", "file": url})),
+            ))
             .await
             .unwrap();
         let (status, body) = status_body(&r);
         assert_eq!(status, 400, "{kind}");
         let err: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(err["error"], 1000);
-        assert!(err["message"].as_str().unwrap().contains("invalid name \"a.b\""), "{body}");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid name \"a.b\""),
+            "{body}"
+        );
 
-        let r = lambda.invoke(event(kind, "POST", "/plugins/sinks", "", Some(json!("not an object")))).await.unwrap();
+        let r = lambda
+            .invoke(event(
+                kind,
+                "POST",
+                "/plugins/sinks",
+                "",
+                Some(json!("not an object")),
+            ))
+            .await
+            .unwrap();
         assert_eq!(status_body(&r).0, 400);
 
-        let r = lambda.invoke(event(kind, "DELETE", "/plugins/sinks/lam", "callback=", None)).await.unwrap();
+        let r = lambda
+            .invoke(event(
+                kind,
+                "DELETE",
+                "/plugins/sinks/lam",
+                "callback=",
+                None,
+            ))
+            .await
+            .unwrap();
         assert_eq!(
             status_body(&r),
             (200, "sinks plugin lam is deleted and Kuiper nodes must restart for the change to take effect.".to_string()),
             "{kind}"
         );
-        let r = lambda.invoke(event(kind, "GET", "/plugins/sinks/lam", "", None)).await.unwrap();
+        let r = lambda
+            .invoke(event(kind, "GET", "/plugins/sinks/lam", "", None))
+            .await
+            .unwrap();
         assert_eq!(status_body(&r).0, 404, "{kind}");
-        let r = lambda.invoke(event(kind, "GET", "/ping", "", None)).await.unwrap();
+        let r = lambda
+            .invoke(event(kind, "GET", "/ping", "", None))
+            .await
+            .unwrap();
         assert_eq!(status_body(&r), (200, "pong".into()));
     }
     // The store is the local directory the function was given.

@@ -7,7 +7,9 @@ use std::path::{Component, Path};
 use kuiper_harness::zips::ZipBuilder;
 use kuiper_registry::fetch::policy::{non_public_reason, AddressPolicy};
 use kuiper_registry::fetch::{FetchSettings, Fetcher};
-use kuiper_registry::package::{check_entry_name, inspect_zip, validate_name, PluginType, ZipLimits};
+use kuiper_registry::package::{
+    check_entry_name, inspect_zip, validate_name, PluginType, ZipLimits,
+};
 use kuiper_registry::registry::{Registry, RegistrySettings};
 use kuiper_registry::store::local::LocalStore;
 use proptest::prelude::*;

@@ -49,15 +49,22 @@ impl AuthKeys {
             if !path.is_file() {
                 continue;
             }
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+            else {
                 continue;
             };
-            let pem = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let pem =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             match DecodingKey::from_rsa_pem(&pem) {
                 Ok(key) => {
                     keys.insert(name, key);
                 }
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "not an RSA public key; ignored"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "not an RSA public key; ignored")
+                }
             }
         }
         if keys.is_empty() {
@@ -66,7 +73,9 @@ impl AuthKeys {
                 dir.display()
             ));
         }
-        Ok(AuthKeys { keys: Arc::new(keys) })
+        Ok(AuthKeys {
+            keys: Arc::new(keys),
+        })
     }
 
     /// Verifies a token; `Err` holds the reason (for the log, not the client).
@@ -116,7 +125,8 @@ pub async fn require_token(State(keys): State<AuthKeys>, req: Request, next: Nex
             ApiError {
                 status: StatusCode::UNAUTHORIZED,
                 code: CODE_UNDEFINED,
-                message: "unauthorized: a valid token is required in the Authorization header".into(),
+                message: "unauthorized: a valid token is required in the Authorization header"
+                    .into(),
             }
             .into_response()
         }

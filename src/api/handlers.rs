@@ -30,7 +30,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(ApiPath(value)),
-            Err(e) => Err(ApiError::bad_request(format!("invalid path: {}", e.body_text()))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid path: {}",
+                e.body_text()
+            ))),
         }
     }
 }

@@ -98,7 +98,10 @@ pub fn app<S: Store>(state: Arc<AppState<S>>) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
     let router = match auth {
-        Some(keys) => router.layer(axum::middleware::from_fn_with_state(keys, auth::require_token)),
+        Some(keys) => router.layer(axum::middleware::from_fn_with_state(
+            keys,
+            auth::require_token,
+        )),
         None => router,
     };
     router

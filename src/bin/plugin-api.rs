@@ -55,7 +55,10 @@ async fn main() -> std::process::ExitCode {
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
     init_tracing(lambda);
     let result = match cli.command {
-        Some(Command::Gc { min_age_secs, dry_run }) => gc(cli.config, min_age_secs, dry_run).await,
+        Some(Command::Gc {
+            min_age_secs,
+            dry_run,
+        }) => gc(cli.config, min_age_secs, dry_run).await,
         Some(Command::Serve) | None => run(cli.config, lambda).await,
     };
     match result {
@@ -102,10 +105,21 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
 async fn gc(config: ServiceConfig, min_age_secs: u64, dry_run: bool) -> Result<(), String> {
     let min_age = std::time::Duration::from_secs(min_age_secs);
     let report = match server::open_store(&config.store_url()?).await? {
-        StoreKind::Local(s) => server::build_registry(s, &config)?.gc(min_age, dry_run).await,
-        StoreKind::S3(s) => server::build_registry(s, &config)?.gc(min_age, dry_run).await,
+        StoreKind::Local(s) => {
+            server::build_registry(s, &config)?
+                .gc(min_age, dry_run)
+                .await
+        }
+        StoreKind::S3(s) => {
+            server::build_registry(s, &config)?
+                .gc(min_age, dry_run)
+                .await
+        }
     }
     .map_err(|e| format!("gc failed: {e}"))?;
-    println!("{}", serde_json::to_string(&report).expect("report serialises"));
+    println!(
+        "{}",
+        serde_json::to_string(&report).expect("report serialises")
+    );
     Ok(())
 }

@@ -23,17 +23,33 @@ async fn tokens_are_required(backend: Backend) {
     assert_eq!(env.get("/ping").await.status, 200);
     assert_eq!(env.get("/").await.status, 200);
     // Everything else needs a token.
-    for (m, p) in [(Method::GET, "/plugins/sources"), (Method::GET, "/plugins/udfs"), (Method::DELETE, "/plugins/sinks/x"), (Method::GET, "/nope")] {
+    for (m, p) in [
+        (Method::GET, "/plugins/sources"),
+        (Method::GET, "/plugins/udfs"),
+        (Method::DELETE, "/plugins/sinks/x"),
+        (Method::GET, "/nope"),
+    ] {
         let r = env.request(m.clone(), p, None).await;
         assert_eq!(r.status, 401, "{m} {p}");
         assert_eq!(r.error_message(), REFUSED);
     }
     let good = token(&valid_claims(), true);
-    let r = env.request_auth(Method::GET, "/plugins/sources", None, Some(&good)).await;
-    assert_eq!((r.status, r.body.as_str()), (200, "[]"), "a raw token, as eKuiper clients send it");
+    let r = env
+        .request_auth(Method::GET, "/plugins/sources", None, Some(&good))
+        .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "[]"),
+        "a raw token, as eKuiper clients send it"
+    );
     let url = env.serve_plugin("sinks", "authed").await;
     let r = env
-        .request_auth(Method::POST, "/plugins/sinks", Some(json!({"name": "authed", "file": url}).to_string()), Some(&format!("Bearer {good}")))
+        .request_auth(
+            Method::POST,
+            "/plugins/sinks",
+            Some(json!({"name": "authed", "file": url}).to_string()),
+            Some(&format!("Bearer {good}")),
+        )
         .await;
     assert_eq!(r.status, 201, "a Bearer token: {}", r.body);
 
@@ -45,14 +61,36 @@ async fn tokens_are_required(backend: Backend) {
     };
     bad.push(("expired", with(&|c| c["exp"] = json!(now() - 120))));
     bad.push(("not yet valid", with(&|c| c["nbf"] = json!(now() + 3600))));
-    bad.push(("no exp", with(&|c| { c.as_object_mut().unwrap().remove("exp"); })));
-    bad.push(("wrong audience", with(&|c| c["aud"] = json!(["someone-else"]))));
-    bad.push(("no audience", with(&|c| { c.as_object_mut().unwrap().remove("aud"); })));
+    bad.push((
+        "no exp",
+        with(&|c| {
+            c.as_object_mut().unwrap().remove("exp");
+        }),
+    ));
+    bad.push((
+        "wrong audience",
+        with(&|c| c["aud"] = json!(["someone-else"])),
+    ));
+    bad.push((
+        "no audience",
+        with(&|c| {
+            c.as_object_mut().unwrap().remove("aud");
+        }),
+    ));
     bad.push(("unknown issuer", with(&|c| c["iss"] = json!("other.pub"))));
-    bad.push(("issuer is a path", with(&|c| c["iss"] = json!("../auth/test-signer.pub"))));
-    bad.push(("issuer is not a key", with(&|c| c["iss"] = json!("notes.txt"))));
+    bad.push((
+        "issuer is a path",
+        with(&|c| c["iss"] = json!("../auth/test-signer.pub")),
+    ));
+    bad.push((
+        "issuer is not a key",
+        with(&|c| c["iss"] = json!("notes.txt")),
+    ));
     bad.push(("signed by another key", token(&valid_claims(), false)));
-    bad.push(("HS256 with the public key as secret", hs256_token(&valid_claims(), &trusted_public_key().1)));
+    bad.push((
+        "HS256 with the public key as secret",
+        hs256_token(&valid_claims(), &trusted_public_key().1),
+    ));
     bad.push(("garbage", "not.a.token".to_string()));
     let (h, p, _) = {
         let t = good.clone();
@@ -61,11 +99,19 @@ async fn tokens_are_required(backend: Backend) {
     };
     bad.push(("unsigned", format!("{h}.{p}.")));
     for (why, t) in bad {
-        let r = env.request_auth(Method::GET, "/plugins/sinks", None, Some(&t)).await;
+        let r = env
+            .request_auth(Method::GET, "/plugins/sinks", None, Some(&t))
+            .await;
         assert_eq!(r.status, 401, "{why}");
-        assert_eq!(r.error_message(), REFUSED, "{why}: no detail for the client");
+        assert_eq!(
+            r.error_message(),
+            REFUSED,
+            "{why}: no detail for the client"
+        );
     }
-    let r = env.request_auth(Method::GET, "/plugins/sinks", None, Some(&good)).await;
+    let r = env
+        .request_auth(Method::GET, "/plugins/sinks", None, Some(&good))
+        .await;
     assert_eq!(r.body, "[\"authed\"]");
 }
 

@@ -109,7 +109,11 @@ impl TestEnv {
             "--tmp-dir".to_string(),
             self.tmp.path().display().to_string(),
         ];
-        if !self.extra_args.iter().any(|a| a == "--allow-private-network") {
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a == "--allow-private-network")
+        {
             args.extend(["--allow-private-network".to_string(), "true".to_string()]);
         }
         args.extend(self.extra_args.iter().cloned());

@@ -11,31 +11,102 @@ use crate::common::{real_so, Backend, TestEnv};
 fn bodies(file: &str) -> Vec<String> {
     let long = "n".repeat(5000);
     let mut v: Vec<String> = [
-        "", " ", "not json", "{", "}", "[", "null", "true", "0", "-1", "1e309", "\"s\"", "[]", "[{}]", "{}",
-        "{\"name\":null}", "{\"name\":1}", "{\"name\":[]}", "{\"name\":{}}", "{\"name\":true}",
-        "{\"file\":1}", "{\"file\":[]}", "{\"callback\":1}", "{\"functions\":\"f\"}", "{\"functions\":[1]}",
-        "{\"shellParas\":\"x\"}", "{\"shellParas\":[1]}", "{\"name\":\"a\",\"name\":\"b\"}",
-        "{\"name\":\"\\ud800\"}", "\u{feff}{}", "{\"name\":\"a\"}garbage", "\0", "{\"name\":\"a\u{0000}b\"}",
+        "",
+        " ",
+        "not json",
+        "{",
+        "}",
+        "[",
+        "null",
+        "true",
+        "0",
+        "-1",
+        "1e309",
+        "\"s\"",
+        "[]",
+        "[{}]",
+        "{}",
+        "{\"name\":null}",
+        "{\"name\":1}",
+        "{\"name\":[]}",
+        "{\"name\":{}}",
+        "{\"name\":true}",
+        "{\"file\":1}",
+        "{\"file\":[]}",
+        "{\"callback\":1}",
+        "{\"functions\":\"f\"}",
+        "{\"functions\":[1]}",
+        "{\"shellParas\":\"x\"}",
+        "{\"shellParas\":[1]}",
+        "{\"name\":\"a\",\"name\":\"b\"}",
+        "{\"name\":\"\\ud800\"}",
+        "\u{feff}{}",
+        "{\"name\":\"a\"}garbage",
+        "\0",
+        "{\"name\":\"a\u{0000}b\"}",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     for name in [
-        "", " ", "a b", "../../evil", "..", ".", "a/b", "a\\b", "%2e%2e", "a%2Fb", "-rf", "😀", "名前", "a\u{200b}b",
-        "a\u{202e}b", "a\tb", "a\nb", "a.b", "a:b", "CON", "a;rm -rf /", "$(id)", "`id`", "a'b", "a\"b", "<script>",
+        "",
+        " ",
+        "a b",
+        "../../evil",
+        "..",
+        ".",
+        "a/b",
+        "a\\b",
+        "%2e%2e",
+        "a%2Fb",
+        "-rf",
+        "😀",
+        "名前",
+        "a\u{200b}b",
+        "a\u{202e}b",
+        "a\tb",
+        "a\nb",
+        "a.b",
+        "a:b",
+        "CON",
+        "a;rm -rf /",
+        "$(id)",
+        "`id`",
+        "a'b",
+        "a\"b",
+        "<script>",
     ] {
         v.push(json!({"name": name, "file": file}).to_string());
     }
     v.push(json!({"name": long, "file": file}).to_string());
     v.push(json!({"name": "n".repeat(129), "file": file}).to_string());
     for bad_file in [
-        "", "x", "javascript:alert(1)", "data:application/zip;base64,UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==", "file:///etc/passwd.zip",
-        "gopher://127.0.0.1/a.zip", "ftp://127.0.0.1/a.zip", "http://", "http:///a.zip", "http://[::1/a.zip", "http://a b/c.zip",
-        "http://127.0.0.1:99999/a.zip", "//127.0.0.1/a.zip", "http://127.0.0.1/a.ZIP", "http://127.0.0.1/a.zip/..", "\\\\host\\share\\a.zip",
+        "",
+        "x",
+        "javascript:alert(1)",
+        "data:application/zip;base64,UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA==",
+        "file:///etc/passwd.zip",
+        "gopher://127.0.0.1/a.zip",
+        "ftp://127.0.0.1/a.zip",
+        "http://",
+        "http:///a.zip",
+        "http://[::1/a.zip",
+        "http://a b/c.zip",
+        "http://127.0.0.1:99999/a.zip",
+        "//127.0.0.1/a.zip",
+        "http://127.0.0.1/a.ZIP",
+        "http://127.0.0.1/a.zip/..",
+        "\\\\host\\share\\a.zip",
     ] {
         v.push(json!({"name": "ok", "file": bad_file}).to_string());
     }
-    for bad_cb in ["x", "ftp://h/cb", "http://", "javascript:1", "file:///tmp/cb"] {
+    for bad_cb in [
+        "x",
+        "ftp://h/cb",
+        "http://",
+        "javascript:1",
+        "file:///tmp/cb",
+    ] {
         v.push(json!({"name": "ok", "file": file, "callback": bad_cb}).to_string());
     }
     v.push(json!({"name": "ok", "file": file, "shellParas": ["a"]}).to_string());
@@ -61,34 +132,88 @@ fn zips() -> Vec<(&'static str, Vec<u8>)> {
     }
     vec![
         ("traversal", base().file("../evil", "x").build()),
-        ("deep traversal", base().file("etc/../../../../tmp/evil", "x").build()),
+        (
+            "deep traversal",
+            base().file("etc/../../../../tmp/evil", "x").build(),
+        ),
         ("absolute", base().file("/tmp/evil", "x").build()),
         ("backslash", base().file("..\\evil", "x").build()),
         ("drive", base().file("C:/evil", "x").build()),
         ("control", base().file("etc/a\u{1}b", "x").build()),
         ("symlink", base().symlink("etc/link", "/etc/passwd").build()),
-        ("symlink library", ZipBuilder::new().symlink("Ok.so", "/usr/lib/libc.so.6").build()),
-        ("duplicate", rename_in_place(base().file("etc/x", "1").file("etc/y", "2").build(), "etc/y", "etc/x")),
-        ("case duplicate", base().file("ok.json", "{}").file("OK.json", "{}").build()),
-        ("nested archive", base().file("inner.zip", valid.clone()).build()),
+        (
+            "symlink library",
+            ZipBuilder::new()
+                .symlink("Ok.so", "/usr/lib/libc.so.6")
+                .build(),
+        ),
+        (
+            "duplicate",
+            rename_in_place(
+                base().file("etc/x", "1").file("etc/y", "2").build(),
+                "etc/y",
+                "etc/x",
+            ),
+        ),
+        (
+            "case duplicate",
+            base().file("ok.json", "{}").file("OK.json", "{}").build(),
+        ),
+        (
+            "nested archive",
+            base().file("inner.zip", valid.clone()).build(),
+        ),
         ("encrypted", mark_encrypted(valid.clone())),
-        ("bomb", base().file("etc/zeros", vec![0u8; 64 << 20]).build()),
+        (
+            "bomb",
+            base().file("etc/zeros", vec![0u8; 64 << 20]).build(),
+        ),
         ("truncated central directory", truncated_cd),
         ("truncated data", truncated_data),
         ("corrupted byte", flipped),
         ("empty", Vec::new()),
         ("empty zip", ZipBuilder::new().build()),
-        ("only directories", ZipBuilder::new().dir("etc/").dir("lib/").build()),
+        (
+            "only directories",
+            ZipBuilder::new().dir("etc/").dir("lib/").build(),
+        ),
         ("too many entries", many.build()),
-        ("not ELF", ZipBuilder::new().file("Ok.so", "#!/bin/sh\necho hi\n").build()),
-        ("ELF magic only", ZipBuilder::new().file("Ok.so", b"\x7fELF".to_vec()).build()),
-        ("truncated ELF", ZipBuilder::new().file("Ok.so", so[..200].to_vec()).build()),
-        ("wrong library", ZipBuilder::new().file("Other.so", so.clone()).build()),
-        ("library in folder", ZipBuilder::new().file("lib/Ok.so", so.clone()).build()),
+        (
+            "not ELF",
+            ZipBuilder::new()
+                .file("Ok.so", "#!/bin/sh\necho hi\n")
+                .build(),
+        ),
+        (
+            "ELF magic only",
+            ZipBuilder::new().file("Ok.so", b"\x7fELF".to_vec()).build(),
+        ),
+        (
+            "truncated ELF",
+            ZipBuilder::new().file("Ok.so", so[..200].to_vec()).build(),
+        ),
+        (
+            "wrong library",
+            ZipBuilder::new().file("Other.so", so.clone()).build(),
+        ),
+        (
+            "library in folder",
+            ZipBuilder::new().file("lib/Ok.so", so.clone()).build(),
+        ),
         ("two libraries", base().file("ok@v2.so", so.clone()).build()),
-        ("long entry name", base().file(&format!("etc/{}", "a".repeat(4000)), "x").build()),
+        (
+            "long entry name",
+            base()
+                .file(&format!("etc/{}", "a".repeat(4000)), "x")
+                .build(),
+        ),
         ("text file", b"hello, I am not a zip".to_vec()),
-        ("gzip", vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        (
+            "gzip",
+            vec![
+                0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        ),
         ("shellParas needed", base().file("lib/dep.so", "x").build()),
     ]
 }
@@ -143,11 +268,21 @@ async fn check(env: &TestEnv, what: &str, r: reqwest::Response, method: &Method)
         .to_string();
     let body = r.text().await.unwrap_or_default();
     assert!(status < 500, "{what}: {status} {body}");
-    assert!(status >= 400, "{what}: malformed input accepted: {status} {body}");
+    assert!(
+        status >= 400,
+        "{what}: malformed input accepted: {status} {body}"
+    );
     if *method != Method::HEAD {
-        assert!(ct.starts_with("application/json"), "{what}: {status} {ct:?} {body}");
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
-        assert!(v["error"].is_u64() && v["message"].is_string(), "{what}: {body}");
+        assert!(
+            ct.starts_with("application/json"),
+            "{what}: {status} {ct:?} {body}"
+        );
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
+        assert!(
+            v["error"].is_u64() && v["message"].is_string(),
+            "{what}: {body}"
+        );
     }
     let _ = env;
 }
@@ -171,7 +306,10 @@ async fn corpus(backend: Backend) {
         }
     }
     for (name, zip) in zips() {
-        let url = env.files.serve(&format!("/corpus/{}.zip", name.replace(' ', "-")), zip).await;
+        let url = env
+            .files
+            .serve(&format!("/corpus/{}.zip", name.replace(' ', "-")), zip)
+            .await;
         for ty in ["sinks", "functions"] {
             let r = env
                 .http
@@ -221,14 +359,21 @@ async fn corpus(backend: Backend) {
     for ty in ["sources", "sinks", "functions"] {
         assert!(env.list(ty).await.is_empty());
     }
-    assert!(env.stored_files().iter().all(|f| f.contains("blobs/")), "{:?}", env.stored_files());
+    assert!(
+        env.stored_files().iter().all(|f| f.contains("blobs/")),
+        "{:?}",
+        env.stored_files()
+    );
     let leftovers: Vec<_> = std::fs::read_dir(env.tmp.path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != "store")
         .collect();
-    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary files left behind: {leftovers:?}"
+    );
     assert_eq!(env.get("/ping").await.status, 200, "still healthy");
 }
 

@@ -9,32 +9,54 @@ use serde_json::json;
 use crate::common::{plugin_zip, Backend, TestEnv};
 
 async fn refused(env: &TestEnv, file: &str, expected: &str) {
-    let r = env.post("/plugins/sinks", json!({"name": "limited", "file": file})).await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "limited", "file": file}))
+        .await;
     assert_eq!(r.status, 400, "{file}: {}", r.body);
     let msg = r.error_message();
     assert!(
-        msg.starts_with(&format!("sinks plugins create command error: fail to download file {file}: ")) && msg.contains(expected),
+        msg.starts_with(&format!(
+            "sinks plugins create command error: fail to download file {file}: "
+        )) && msg.contains(expected),
         "{file}:\n  got      {msg}\n  expected {expected}"
     );
-    assert!(env.stored_files().is_empty(), "nothing stored: {:?}", env.stored_files());
+    assert!(
+        env.stored_files().is_empty(),
+        "nothing stored: {:?}",
+        env.stored_files()
+    );
     assert!(env.list("sinks").await.is_empty());
 }
 
 async fn download_limits_and_faults(backend: Backend) {
     let env = TestEnv::start_with(
         backend,
-        &["--max-download-bytes", "100000", "--download-timeout-secs", "2", "--read-timeout-secs", "1"],
+        &[
+            "--max-download-bytes",
+            "100000",
+            "--download-timeout-secs",
+            "2",
+            "--read-timeout-secs",
+            "1",
+        ],
     )
     .await;
     // Over the cap, announced by Content-Length.
     let big = plugin_zip("sinks", "limited", "Limited.so");
     assert!(big.len() > 100_000);
     let url = env.files.serve("/sinks/big.zip", big.clone()).await;
-    refused(&env, &url, "the file is larger than the download limit of 100000 bytes").await;
+    refused(
+        &env,
+        &url,
+        "the file is larger than the download limit of 100000 bytes",
+    )
+    .await;
     // Over the cap without Content-Length honesty: announced small, sends more.
     let liar = RawHost::start(RawReply::Bytes(RawHost::response(10, &big))).await;
     let url = liar.url("/liar.zip");
-    let r = env.post("/plugins/sinks", json!({"name": "limited", "file": url})).await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "limited", "file": url}))
+        .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(env.stored_files().is_empty());
     // Truncated: announces more than it sends, then closes.
@@ -45,20 +67,46 @@ async fn download_limits_and_faults(backend: Backend) {
     let stall = RawHost::start(RawReply::BytesThenStall(RawHost::response(5000, &small))).await;
     refused(&env, &stall.url("/s.zip"), "timed out").await;
     // Slow to answer at all: the overall download timeout fires.
-    let url = env.files.serve_slow("/sinks/slow.zip", small.clone(), Duration::from_secs(5)).await;
+    let url = env
+        .files
+        .serve_slow("/sinks/slow.zip", small.clone(), Duration::from_secs(5))
+        .await;
     refused(&env, &url, "timed out after").await;
     // Connection closed without an answer.
     let closer = RawHost::start(RawReply::Close).await;
     refused(&env, &closer.url("/c.zip"), "").await;
     // The service is still healthy.
     assert_eq!(env.get("/ping").await.status, 200);
-    let ok = env.files.serve("/sinks/ok.zip", kuiper_harness::zips::ZipBuilder::new().file("Ok.so", b"\x7fELF".to_vec()).build()).await;
-    let r = env.post("/plugins/sinks", json!({"name": "ok", "file": ok})).await;
-    assert!(r.error_message().contains("not an ELF shared library"), "{}", r.body);
+    let ok = env
+        .files
+        .serve(
+            "/sinks/ok.zip",
+            kuiper_harness::zips::ZipBuilder::new()
+                .file("Ok.so", b"\x7fELF".to_vec())
+                .build(),
+        )
+        .await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "ok", "file": ok}))
+        .await;
+    assert!(
+        r.error_message().contains("not an ELF shared library"),
+        "{}",
+        r.body
+    );
 }
 
 async fn zip_limits(backend: Backend) {
-    let env = TestEnv::start_with(backend, &["--max-zip-entries", "3", "--max-uncompressed-bytes", "2000000"]).await;
+    let env = TestEnv::start_with(
+        backend,
+        &[
+            "--max-zip-entries",
+            "3",
+            "--max-uncompressed-bytes",
+            "2000000",
+        ],
+    )
+    .await;
     let so = crate::common::real_so("sinks");
     let many = kuiper_harness::zips::ZipBuilder::new()
         .file("Lim.so", so.clone())
@@ -67,7 +115,9 @@ async fn zip_limits(backend: Backend) {
         .file("etc/b", "b")
         .build();
     let url = env.files.serve("/sinks/many.zip", many).await;
-    let r = env.post("/plugins/sinks", json!({"name": "lim", "file": url})).await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "lim", "file": url}))
+        .await;
     assert_eq!(r.error_message(), "sinks plugins create command error: fail to install plugin: invalid zip file: more than 3 entries");
     // A bomb: highly compressible data far over the uncompressed limit.
     let bomb = kuiper_harness::zips::ZipBuilder::new()
@@ -76,9 +126,15 @@ async fn zip_limits(backend: Backend) {
         .build();
     assert!(bomb.len() < 2_000_000);
     let url = env.files.serve("/sinks/bomb.zip", bomb).await;
-    let r = env.post("/plugins/sinks", json!({"name": "lim", "file": url})).await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "lim", "file": url}))
+        .await;
     let msg = r.error_message();
-    assert!(msg.contains("decompresses to more than 2000000 bytes") || msg.contains("compression ratio above"), "{msg}");
+    assert!(
+        msg.contains("decompresses to more than 2000000 bytes")
+            || msg.contains("compression ratio above"),
+        "{msg}"
+    );
     assert!(env.list("sinks").await.is_empty());
 }
 

@@ -15,7 +15,7 @@ mod functions;
 mod limits;
 mod persistence;
 mod races;
-mod ssrf;
 mod reference;
+mod ssrf;
 mod update;
 mod validation;

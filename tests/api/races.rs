@@ -4,7 +4,10 @@ use serde_json::json;
 
 use crate::common::TestEnv;
 
-both_stores!(concurrent_creates_one_winner, mixed_operations_never_leave_dangling_metadata);
+both_stores!(
+    concurrent_creates_one_winner,
+    mixed_operations_never_leave_dangling_metadata
+);
 
 async fn concurrent_creates_one_winner(env: TestEnv) {
     const N: usize = 50;
@@ -59,7 +62,6 @@ async fn concurrent_creates_one_winner(env: TestEnv) {
     );
 }
 
-
 /// Creates, updates and deletes of one name, all at once: every answer is a
 /// clear 2xx/4xx, and whatever metadata is left points at a stored zip with the
 /// content it names.
@@ -75,7 +77,11 @@ async fn mixed_operations_never_leave_dangling_metadata(env: TestEnv) {
     env.create_ok("sinks", "mixed").await;
     let mut tasks = Vec::new();
     for round in 0..30 {
-        let (http, base, url) = (env.http.clone(), env.base.clone(), urls[round % urls.len()].clone());
+        let (http, base, url) = (
+            env.http.clone(),
+            env.base.clone(),
+            urls[round % urls.len()].clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let body = json!({"name": "mixed", "file": url}).to_string();
             let req = match round % 3 {
@@ -90,7 +96,8 @@ async fn mixed_operations_never_leave_dangling_metadata(env: TestEnv) {
     for t in tasks {
         let (status, body) = t.await.unwrap();
         assert!(
-            matches!(status, 200 | 201 | 404 | 409) || (status == 400 && body.contains("duplicate")),
+            matches!(status, 200 | 201 | 404 | 409)
+                || (status == 400 && body.contains("duplicate")),
             "{status}: {body}"
         );
     }
@@ -104,7 +111,10 @@ async fn mixed_operations_never_leave_dangling_metadata(env: TestEnv) {
                 .expect("the zip the metadata names is stored"),
         );
         use sha2::Digest;
-        assert_eq!(hex::encode(sha2::Sha256::digest(std::fs::read(blob).unwrap())), meta["sha256"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(std::fs::read(blob).unwrap())),
+            meta["sha256"].as_str().unwrap()
+        );
     } else {
         assert_eq!(d.status, 404);
         assert!(env.list("sinks").await.is_empty());

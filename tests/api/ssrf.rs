@@ -10,7 +10,11 @@ use crate::common::{Backend, TestEnv};
 async fn guarded(backend: Backend) -> TestEnv {
     let mut env = TestEnv::start(backend).await;
     let allowed = env.files.base().trim_start_matches("http://").to_string();
-    let cb = env.callbacks.url("").trim_start_matches("http://").to_string();
+    let cb = env
+        .callbacks
+        .url("")
+        .trim_start_matches("http://")
+        .to_string();
     env.extra_args = vec![
         "--allow-private-network".into(),
         "false".into(),
@@ -22,10 +26,16 @@ async fn guarded(backend: Backend) -> TestEnv {
 }
 
 async fn refused(env: &TestEnv, file: &str, expected: &str) {
-    let r = env.post("/plugins/sinks", json!({"name": "ssrf", "file": file})).await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "ssrf", "file": file}))
+        .await;
     assert_eq!(r.status, 400, "{file}: {}", r.body);
     let msg = r.error_message();
-    assert_eq!(msg, format!("sinks plugins create command error: fail to download file {file}: {expected}"), "{file}");
+    assert_eq!(
+        msg,
+        format!("sinks plugins create command error: fail to download file {file}: {expected}"),
+        "{file}"
+    );
 }
 
 const NOT_PUBLIC: &str = "is not a public address (set KUIPER_ALLOW_PRIVATE_NETWORK or KUIPER_ALLOWED_HOSTS to allow it)";
@@ -35,28 +45,83 @@ async fn private_destinations_are_refused(backend: Backend) {
     let other = FileHost::start().await;
     let zip = crate::common::plugin_zip("sinks", "ssrf", "Ssrf.so");
     let other_url = other.serve("/ssrf.zip", zip.clone()).await;
-    let other_port = other_url.split(':').nth(2).unwrap().split('/').next().unwrap().to_string();
+    let other_port = other_url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let allowed_port = env.files.base().rsplit(':').next().unwrap().to_string();
 
     // Another port on the loopback address.
-    refused(&env, &other_url, &format!("destination 127.0.0.1 {NOT_PUBLIC}")).await;
+    refused(
+        &env,
+        &other_url,
+        &format!("destination 127.0.0.1 {NOT_PUBLIC}"),
+    )
+    .await;
     // Other loopback forms, even on the allowed port.
-    refused(&env, &format!("http://127.0.0.2:{allowed_port}/ssrf.zip"), &format!("destination 127.0.0.2 {NOT_PUBLIC}")).await;
-    refused(&env, &format!("http://[::1]:{allowed_port}/ssrf.zip"), &format!("destination ::1 {NOT_PUBLIC}")).await;
-    refused(&env, &format!("http://[::ffff:127.0.0.1]:{other_port}/ssrf.zip"), &format!("destination ::ffff:127.0.0.1 {NOT_PUBLIC}")).await;
+    refused(
+        &env,
+        &format!("http://127.0.0.2:{allowed_port}/ssrf.zip"),
+        &format!("destination 127.0.0.2 {NOT_PUBLIC}"),
+    )
+    .await;
+    refused(
+        &env,
+        &format!("http://[::1]:{allowed_port}/ssrf.zip"),
+        &format!("destination ::1 {NOT_PUBLIC}"),
+    )
+    .await;
+    refused(
+        &env,
+        &format!("http://[::ffff:127.0.0.1]:{other_port}/ssrf.zip"),
+        &format!("destination ::ffff:127.0.0.1 {NOT_PUBLIC}"),
+    )
+    .await;
     // A decimal IPv4 host is normalised, then refused.
-    let r = env.post("/plugins/sinks", json!({"name": "ssrf", "file": format!("http://2130706433:{other_port}/ssrf.zip")})).await;
+    let r = env
+        .post(
+            "/plugins/sinks",
+            json!({"name": "ssrf", "file": format!("http://2130706433:{other_port}/ssrf.zip")}),
+        )
+        .await;
     assert_eq!(r.status, 400);
-    assert!(r.error_message().ends_with(&format!("destination 127.0.0.1 {NOT_PUBLIC}")), "{}", r.body);
+    assert!(
+        r.error_message()
+            .ends_with(&format!("destination 127.0.0.1 {NOT_PUBLIC}")),
+        "{}",
+        r.body
+    );
     // A name that resolves to loopback is refused after resolution.
-    let r = env.post("/plugins/sinks", json!({"name": "ssrf", "file": format!("http://localhost:{other_port}/ssrf.zip")})).await;
+    let r = env
+        .post(
+            "/plugins/sinks",
+            json!({"name": "ssrf", "file": format!("http://localhost:{other_port}/ssrf.zip")}),
+        )
+        .await;
     assert_eq!(r.status, 400);
     let msg = r.error_message();
-    assert!(msg.contains(NOT_PUBLIC) && msg.contains("destination 127.0.0.1") || msg.contains("destination ::1"), "{msg}");
+    assert!(
+        msg.contains(NOT_PUBLIC) && msg.contains("destination 127.0.0.1")
+            || msg.contains("destination ::1"),
+        "{msg}"
+    );
     // A redirect from the allowed host to a loopback port that is not allowed.
     let hop = env.files.serve_redirect("/hop.zip", &other_url).await;
-    refused(&env, &hop, &format!("redirect to {other_url} refused: destination 127.0.0.1 {NOT_PUBLIC}")).await;
-    assert_eq!(other.hits("/ssrf.zip").await, 0, "no request reached the refused host");
+    refused(
+        &env,
+        &hop,
+        &format!("redirect to {other_url} refused: destination 127.0.0.1 {NOT_PUBLIC}"),
+    )
+    .await;
+    assert_eq!(
+        other.hits("/ssrf.zip").await,
+        0,
+        "no request reached the refused host"
+    );
 
     // A callback to a loopback port that is not allowed is refused before anything happens.
     let ok = env.files.serve("/ok.zip", zip).await;
@@ -69,7 +134,12 @@ async fn private_destinations_are_refused(backend: Backend) {
     assert!(env.stored_files().is_empty());
 
     // The allowed host works, with an allowed callback.
-    let r = env.post("/plugins/sinks", json!({"name": "ssrf", "file": ok, "callback": env.callbacks.url("/callback")})).await;
+    let r = env
+        .post(
+            "/plugins/sinks",
+            json!({"name": "ssrf", "file": ok, "callback": env.callbacks.url("/callback")}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", r.body);
 }
 
