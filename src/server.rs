@@ -56,20 +56,23 @@ pub async fn open_store(url: &StoreUrl) -> Result<StoreKind, String> {
                 .map_err(|e| format!("store {}: {e}", store.location()))?;
             Ok(StoreKind::Local(store))
         }
-        StoreUrl::S3 { bucket, prefix } => {
-            let store = S3Store::new(S3Settings {
-                bucket: bucket.clone(),
-                prefix: prefix.clone(),
-                ..S3Settings::default()
-            })
-            .await;
-            store
-                .check()
-                .await
-                .map_err(|e| format!("store {}: {e}", store.location()))?;
-            Ok(StoreKind::S3(store))
-        }
+        StoreUrl::S3 { bucket, prefix } => Ok(StoreKind::S3(open_s3(bucket, prefix).await?)),
     }
+}
+
+/// Opens and checks an S3 store (settings from the AWS environment).
+pub async fn open_s3(bucket: &str, prefix: &str) -> Result<S3Store, String> {
+    let store = S3Store::new(S3Settings {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        ..S3Settings::default()
+    })
+    .await;
+    store
+        .check()
+        .await
+        .map_err(|e| format!("store {}: {e}", store.location()))?;
+    Ok(store)
 }
 
 /// Adapts the router to Lambda events: strips an API Gateway stage prefix

@@ -24,8 +24,8 @@ use serde::Serialize;
 
 use crate::package::PluginType;
 use crate::store::local::LocalStore;
-use crate::store::s3::{S3Settings, S3Store};
-use crate::store::{Store, StoreUrl};
+use crate::store::s3::S3Store;
+use crate::store::StoreUrl;
 
 pub use loader::{LoadedInfo, LoadedPlugin};
 pub use sync::{sync, SyncOptions, Synced};
@@ -188,17 +188,7 @@ pub async fn open_store(url: &StoreUrl) -> Result<NodeStore, String> {
             Ok(NodeStore::Local(store))
         }
         StoreUrl::S3 { bucket, prefix } => {
-            let store = S3Store::new(S3Settings {
-                bucket: bucket.clone(),
-                prefix: prefix.clone(),
-                ..S3Settings::default()
-            })
-            .await;
-            store
-                .check()
-                .await
-                .map_err(|e| format!("store {}: {e}", store.location()))?;
-            Ok(NodeStore::S3(store))
+            Ok(NodeStore::S3(crate::server::open_s3(bucket, prefix).await?))
         }
     }
 }

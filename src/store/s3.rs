@@ -95,6 +95,27 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// GetObject; `None` when the key is absent.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(o)),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(map_err("get object", e)),
+        }
+    }
+}
+
 /// Size of the parts of a streamed upload (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 
@@ -222,17 +243,8 @@ impl Store for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if status(&e) == Some(404) => return Ok(None),
-            Err(e) => return Err(map_err("get object", e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let etag = ETag(out.e_tag().unwrap_or_default().to_string());
         let body = out
@@ -345,17 +357,8 @@ impl Store for S3Store {
     }
 
     async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if status(&e) == Some(404) => return Ok(false),
-            Err(e) => return Err(map_err("get object", e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(false);
         };
         let mut file = tokio::fs::File::create(dest)
             .await
