@@ -144,7 +144,9 @@ async fn s3_client(s3: &S3Server) -> aws_sdk_s3::Client {
         .region(aws_sdk_s3::config::Region::new(REGION))
         .endpoint_url(s3.endpoint())
         .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "bench"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            ACCESS_KEY, SECRET_KEY, None, None, "bench",
+        ))
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         .build();
@@ -157,14 +159,20 @@ fn row(what: &str, value: String, baseline: String, ratio: f64, target: &str) {
 
 async fn bench_create(s3: &S3Server, files: &FileHost, dir: &Path) {
     let size = if quick() { 16 * MIB } else { 64 * MIB };
-    let url = files.serve("/bench/create.zip", plugin_zip("big", size, 7)).await;
+    let url = files
+        .serve("/bench/create.zip", plugin_zip("big", size, 7))
+        .await;
     let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
     let client = s3_client(s3).await;
     let http = reqwest::Client::new();
     let (mut creates, mut downloads, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..3 {
         creates.push(create(&api.base, "sinks", "big", &url).await.as_secs_f64());
-        let r = http.delete(format!("{}/plugins/sinks/big", api.base)).send().await.unwrap();
+        let r = http
+            .delete(format!("{}/plugins/sinks/big", api.base))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success());
         // Baseline: download to a file, then upload that file with the same S3 client.
         let t = Instant::now();
@@ -189,7 +197,10 @@ async fn bench_create(s3: &S3Server, files: &FileHost, dir: &Path) {
     }
     let (c, d, u) = (median(creates), median(downloads), median(uploads));
     row(
-        &format!("1. create {} MiB into S3 (s) vs download + upload", size / MIB),
+        &format!(
+            "1. create {} MiB into S3 (s) vs download + upload",
+            size / MIB
+        ),
         format!("{c:.3}"),
         format!("{:.3}+{:.3}", d, u),
         c / (d + u),
@@ -200,7 +211,9 @@ async fn bench_create(s3: &S3Server, files: &FileHost, dir: &Path) {
 
 async fn bench_rss(s3: &S3Server, files: &FileHost) {
     let size = if quick() { 64 * MIB } else { 250 * MIB };
-    let url = files.serve("/bench/huge.zip", plugin_zip("huge", size, 11)).await;
+    let url = files
+        .serve("/bench/huge.zip", plugin_zip("huge", size, 11))
+        .await;
     let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
     let pid = api.child.id().unwrap();
     let before = vm_hwm_kib(pid);
@@ -211,7 +224,11 @@ async fn bench_rss(s3: &S3Server, files: &FileHost) {
         format!("{:.1}", peak as f64 / 1024.0),
         "64.0".into(),
         peak as f64 / 1024.0 / 64.0,
-        &format!("< 1 (idle {:.1} MiB, create {:.1} s)", before as f64 / 1024.0, took.as_secs_f64()),
+        &format!(
+            "< 1 (idle {:.1} MiB, create {:.1} s)",
+            before as f64 / 1024.0,
+            took.as_secs_f64()
+        ),
     );
 }
 
@@ -228,7 +245,11 @@ async fn time_list(base: &str, ty: &str, runs: usize) -> f64 {
     let mut v = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let r = http.get(format!("{base}/plugins/{ty}")).send().await.unwrap();
+        let r = http
+            .get(format!("{base}/plugins/{ty}"))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success());
         let _ = r.bytes().await.unwrap();
         v.push(t.elapsed().as_secs_f64());
@@ -262,7 +283,11 @@ async fn bench_listing() {
     let store = dir.path().join("store");
     populate(&store, "sources", 10);
     populate(&store, "sinks", big);
-    let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &[("KUIPER_STORE", store.display().to_string())]).await;
+    let (api, _) = spawn(
+        env!("CARGO_BIN_EXE_plugin-api"),
+        &[("KUIPER_STORE", store.display().to_string())],
+    )
+    .await;
     let small = time_list(&api.base, "sources", 30).await;
     let large = time_list(&api.base, "sinks", 9).await;
     row(
@@ -280,7 +305,12 @@ async fn bench_node(files: &FileHost) {
     let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(&s3)).await;
     for i in 0..n {
         let name = format!("n{i:03}");
-        let url = files.serve(&format!("/node/{name}.zip"), plugin_zip(&name, MIB - 200_000, i as u64 + 100)).await;
+        let url = files
+            .serve(
+                &format!("/node/{name}.zip"),
+                plugin_zip(&name, MIB - 200_000, i as u64 + 100),
+            )
+            .await;
         create(&api.base, "sinks", &name, &url).await;
     }
     drop(api);
@@ -291,7 +321,8 @@ async fn bench_node(files: &FileHost) {
         let envs = s3_env(&s3);
         async move {
             let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuiper-node"));
-            cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+            cmd.env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default());
             for (k, v) in envs {
                 cmd.env(k, v);
             }
@@ -304,7 +335,11 @@ async fn bench_node(files: &FileHost) {
                 .output()
                 .await
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             t.elapsed().as_secs_f64()
         }
     };
@@ -330,9 +365,19 @@ async fn bench_node(files: &FileHost) {
     let t = Instant::now();
     futures_util::stream::iter(keys.iter().enumerate())
         .for_each_concurrent(8, |(i, key)| {
-            let (client, bucket, path) = (client.clone(), s3.bucket().to_string(), base_dir.join(format!("{i}.zip")));
+            let (client, bucket, path) = (
+                client.clone(),
+                s3.bucket().to_string(),
+                base_dir.join(format!("{i}.zip")),
+            );
             async move {
-                let out = client.get_object().bucket(bucket).key(key).send().await.unwrap();
+                let out = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .unwrap();
                 let mut f = tokio::fs::File::create(path).await.unwrap();
                 let mut body = out.body;
                 while let Some(chunk) = body.try_next().await.unwrap() {
@@ -342,7 +387,7 @@ async fn bench_node(files: &FileHost) {
         })
         .await;
     let baseline = t.elapsed().as_secs_f64();
-    let c1 = counts();
+    let after_baseline = counts();
     row(
         &format!("4. node first sync of {n} plugins (s) vs parallel fetch"),
         format!("{first:.3}"),
@@ -352,6 +397,7 @@ async fn bench_node(files: &FileHost) {
     );
     let again = sync(root.clone()).await;
     let c2 = counts();
+    let c1 = after_baseline;
     row(
         "4. node sync with nothing changed (s)",
         format!("{again:.3}"),
@@ -414,7 +460,10 @@ async fn main() {
             .unwrap_or("?")
             .trim()
     );
-    println!("{:<58} {:>14} {:>14} {:>7}  target", "figure", "value", "baseline", "ratio");
+    println!(
+        "{:<58} {:>14} {:>14} {:>7}  target",
+        "figure", "value", "baseline", "ratio"
+    );
     bench_create(&s3, &files, dir.path()).await;
     bench_rss(&s3, &files).await;
     bench_listing().await;
