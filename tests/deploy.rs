@@ -21,6 +21,7 @@ use kuiper_registry::api::error::ApiError;
 use kuiper_registry::api::{handlers, ROUTES};
 use kuiper_registry::package::{PackageFile, PluginType};
 use kuiper_registry::registry::{PluginMeta, PluginRequest, UdfOwner};
+use kuiper_registry::store::keys;
 use serde_json::{json, Value};
 
 const PLUGIN_API: &str = env!("CARGO_BIN_EXE_plugin-api");
@@ -1135,6 +1136,50 @@ fn template_routes_cover_the_route_table_and_nothing_else() {
     );
 }
 
+/// The IAM actions the S3 store needs: every S3 operation `src/store/s3.rs`
+/// calls on its client (`client.get_object()`, ...), mapped to its actions.
+fn s3_store_actions() -> BTreeSet<&'static str> {
+    let source = read("src/store/s3.rs");
+    let mut ops = BTreeSet::new();
+    let mut rest = source.as_str();
+    while let Some(i) = rest.find("client") {
+        rest = &rest[i + "client".len()..];
+        let after = rest.trim_start();
+        if let Some(call) = after.strip_prefix('.') {
+            let name: String = call
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if call[name.len()..].starts_with("()") {
+                ops.insert(name);
+            }
+        }
+    }
+    assert!(
+        ops.contains("get_object") && ops.contains("put_object"),
+        "found no S3 calls in src/store/s3.rs: {ops:?}"
+    );
+    let mut actions = BTreeSet::new();
+    for op in &ops {
+        let needs: &[&'static str] = match op.as_str() {
+            "get_object" | "head_object" => &["s3:GetObject"],
+            "put_object" | "create_multipart_upload" | "upload_part" | "complete_multipart_upload" => {
+                &["s3:PutObject"]
+            }
+            "abort_multipart_upload" => &["s3:AbortMultipartUpload"],
+            "copy_object" => &["s3:GetObject", "s3:PutObject"],
+            "delete_object" | "delete_objects" => &["s3:DeleteObject"],
+            "list_objects_v2" | "head_bucket" => &["s3:ListBucket"],
+            "list_parts" => &["s3:ListMultipartUploadParts"],
+            other => panic!(
+                "src/store/s3.rs calls S3 `{other}`: map it to its IAM actions here and grant them in {TEMPLATE}"
+            ),
+        };
+        actions.extend(needs);
+    }
+    actions
+}
+
 #[test]
 fn template_bucket_is_private_versioned_and_the_policy_least_privilege() {
     let t = yaml(TEMPLATE);
@@ -1156,24 +1201,37 @@ fn template_bucket_is_private_versioned_and_the_policy_least_privilege() {
         assert_eq!(p["PublicAccessBlockConfiguration"][k], true, "{k}");
     }
     // Referenced zips are current objects under blobs/sha256/: no rule may
-    // expire current objects (unreferenced ones are `plugin-api gc`'s job).
+    // expire or move current objects (unreferenced zips are `plugin-api gc`'s
+    // job), except under uploads/, where zips are only in transit.
     let rules = p["LifecycleConfiguration"]["Rules"]
         .as_array()
         .expect("lifecycle rules");
+    let mut staging_expires = false;
     for r in rules {
-        for k in [
-            "ExpirationInDays",
-            "ExpirationDate",
-            "Transitions",
-            "TransitionInDays",
-        ] {
-            assert!(
-                r.get(k).is_none(),
-                "lifecycle rule {} has {k}: it would touch referenced zips",
-                r["Id"]
-            );
+        let prefix = r["Prefix"]
+            .as_str()
+            .or_else(|| r["Filter"]["Prefix"].as_str());
+        for k in ["Transitions", "Transition"] {
+            assert!(r.get(k).is_none(), "lifecycle rule {} has {k}", r["Id"]);
+        }
+        for k in ["ExpirationInDays", "ExpirationDate"] {
+            if r.get(k).is_some() {
+                assert_eq!(
+                    prefix,
+                    Some(keys::UPLOADS_PREFIX),
+                    "lifecycle rule {} has {k} beyond {}: it would delete referenced zips",
+                    r["Id"],
+                    keys::UPLOADS_PREFIX
+                );
+                staging_expires |= r["Status"] == "Enabled";
+            }
         }
     }
+    assert!(
+        staging_expires,
+        "zips left in {} by killed requests should expire",
+        keys::UPLOADS_PREFIX
+    );
     assert!(rules
         .iter()
         .any(|r| r["Status"] == "Enabled" && r["NoncurrentVersionExpiration"].is_object()));
@@ -1181,7 +1239,8 @@ fn template_bucket_is_private_versioned_and_the_policy_least_privilege() {
         .iter()
         .any(|r| r["Status"] == "Enabled" && r["AbortIncompleteMultipartUpload"].is_object()));
 
-    // The function's policy: only what the S3 store does, only on its bucket.
+    // The function's policy: what the S3 store calls, only on its bucket.
+    let needed = s3_store_actions();
     let (_, f) = the_function(&t);
     let policies = f["Properties"]["Policies"]
         .as_array()
@@ -1207,29 +1266,21 @@ fn template_bucket_is_private_versioned_and_the_policy_least_privilege() {
             );
             let on_objects = s["Resource"].to_string().contains("/*");
             for a in actions {
-                match a.as_str() {
-                    "s3:GetObject" | "s3:PutObject" | "s3:DeleteObject" => {
-                        assert!(on_objects, "{a} on the bucket's objects (ARN/*)")
-                    }
-                    "s3:ListBucket" => assert!(!on_objects, "{a} on the bucket's ARN"),
-                    other => panic!("{other} is more than the service needs"),
+                assert!(
+                    needed.contains(a.as_str()),
+                    "{a} is more than the S3 store needs ({needed:?})"
+                );
+                if a == "s3:ListBucket" {
+                    assert!(!on_objects, "{a} on the bucket's ARN");
+                } else {
+                    assert!(on_objects, "{a} on the bucket's objects (ARN/*)");
                 }
                 granted.insert(a);
             }
         }
     }
-    assert_eq!(
-        granted,
-        [
-            "s3:DeleteObject",
-            "s3:GetObject",
-            "s3:ListBucket",
-            "s3:PutObject"
-        ]
-        .map(String::from)
-        .into(),
-        "the service needs all four"
-    );
+    let granted: BTreeSet<&str> = granted.iter().map(String::as_str).collect();
+    assert_eq!(granted, needed, "the function's S3 actions");
 
     // Outputs: the API URL and the bucket name.
     let outputs = object(&t["Outputs"], "Outputs");
