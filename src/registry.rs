@@ -345,7 +345,7 @@ impl<S: Store> Registry<S> {
         // committed only once the zip has passed the checks; otherwise it is
         // aborted. The checked zip is then copied to its content address.
         let staging = keys::upload(&uuid::Uuid::new_v4().simple().to_string());
-        let (tx, rx) = mpsc::channel::<UploadChunk>(64);
+        let (tx, rx) = mpsc::channel::<UploadChunk>(8);
         let fetch_and_check = async move {
             let download = self
                 .fetcher
