@@ -10,7 +10,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let addr = std::env::var("KUIPER_LISTEN").unwrap_or_else(|_| "127.0.0.1:9081".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("hello-baseline listening on http://{}", listener.local_addr()?);
+    println!(
+        "hello-baseline listening on http://{}",
+        listener.local_addr()?
+    );
     axum::serve(listener, app).await?;
     Ok(())
 }

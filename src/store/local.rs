@@ -290,7 +290,13 @@ impl Store for LocalStore {
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let (root, prefix) = (self.root.clone(), prefix.to_string());
-        blocking(move || Ok(walk(&root, &prefix, false)?.into_iter().map(|l| l.key).collect())).await
+        blocking(move || {
+            Ok(walk(&root, &prefix, false)?
+                .into_iter()
+                .map(|l| l.key)
+                .collect())
+        })
+        .await
     }
 }
 
@@ -299,7 +305,11 @@ impl Store for LocalStore {
 fn walk(root: &Path, prefix: &str, with_meta: bool) -> Result<Vec<Listed>, StoreError> {
     // Walk the deepest directory the prefix names, then filter by the rest.
     let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
-    let start = if dir_part.is_empty() { root.to_path_buf() } else { root.join(dir_part) };
+    let start = if dir_part.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(dir_part)
+    };
     let mut out = Vec::new();
     let mut stack = vec![start];
     while let Some(dir) = stack.pop() {

@@ -135,8 +135,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Only the keys under `prefix`, sorted: what listing plugin names needs,
     /// which a backend may produce more cheaply than [`Store::list`].
-    fn list_keys(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
-        async move { Ok(self.list(prefix).await?.into_iter().map(|l| l.key).collect()) }
+    fn list_keys(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .list(prefix)
+                .await?
+                .into_iter()
+                .map(|l| l.key)
+                .collect())
+        }
     }
 }
 
