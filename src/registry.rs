@@ -1,8 +1,8 @@
 //! The registry: create, list, describe, update, delete plugins and manage
 //! function names, over any [`Store`].
 //!
-//! The commit protocol: a zip is downloaded, checked, and stored under its
-//! SHA-256 (`blobs/sha256/{hex}.zip`) first; function names are claimed with
+//! The commit protocol: a zip is downloaded, checked, and stored under a fresh
+//! key (`blobs/{id}.zip`, its SHA-256 recorded in the metadata) first; function names are claimed with
 //! create-only writes (`udfs/{fn}.json`); the plugin's metadata
 //! (`plugins/{type}/{name}.json`) is written last, create-only for a create and
 //! compare-and-swap for an update. Until the metadata is written nothing is
@@ -22,6 +22,9 @@ use crate::fetch::{FetchError, Fetcher};
 use crate::package::{self, NameError, PackageError, PackageFile, PluginType, ZipLimits};
 use crate::store::{keys, Condition, Object, Store, StoreError, UploadChunk};
 use tokio::sync::mpsc;
+
+pub mod index;
+pub use index::Names;
 
 /// A plugin's metadata as stored in `plugins/{type}/{name}.json` and shown by describe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +224,7 @@ pub struct Registry<S> {
 
 /// A checked package, stored and ready to be committed.
 struct Staged {
+    blob: String,
     sha256: String,
     size: u64,
     info: package::PackageInfo,
@@ -341,10 +345,11 @@ impl<S: Store> Registry<S> {
         shell_paras: &[String],
     ) -> Result<Staged> {
         // Download, hash, check and upload overlap: chunks go to the store as
-        // they arrive (a multipart upload to a staging key), and the upload is
-        // committed only once the zip has passed the checks; otherwise it is
-        // aborted. The checked zip is then copied to its content address.
-        let staging = keys::upload(&uuid::Uuid::new_v4().simple().to_string());
+        // they arrive (a multipart upload, straight to the zip's final key),
+        // and the upload is completed only once the zip has passed the checks;
+        // otherwise it is aborted and nothing is stored. The key is fresh, so
+        // nothing points at it until the metadata is written.
+        let blob = keys::blob(&uuid::Uuid::new_v4().simple().to_string());
         let (tx, rx) = mpsc::channel::<UploadChunk>(8);
         let fetch_and_check = async move {
             let download = self
@@ -363,13 +368,12 @@ impl<S: Store> Registry<S> {
                 .map_err(|_| RegistryError::Internal("the upload stopped".into()))?;
             Ok::<_, RegistryError>((download, info))
         };
-        let (checked, uploaded) =
-            tokio::join!(fetch_and_check, self.store.put_stream(&staging, rx));
+        let (checked, uploaded) = tokio::join!(fetch_and_check, self.store.put_stream(&blob, rx));
         let (download, info) = match (checked, uploaded) {
             (Ok(done), Ok(())) => done,
             (Ok(_), Err(store)) => return Err(store.into()),
             (Err(e), Ok(())) => {
-                let _ = self.store.delete(&staging).await;
+                let _ = self.store.delete(&blob).await;
                 return Err(e);
             }
             // The upload failing first makes the download stop: report the store.
@@ -384,15 +388,8 @@ impl<S: Store> Registry<S> {
                 return Err(if upload_stopped { store.into() } else { e });
             }
         };
-        // Copied even when the same content is stored already: the fresh write
-        // keeps `gc` (which spares young zips) from removing it under this request.
-        let key = keys::blob(&download.sha256);
-        let copied = self.store.copy(&staging, &key).await;
-        if let Err(e) = self.store.delete(&staging).await {
-            tracing::warn!(key = %staging, error = %e, "could not remove a staging upload; gc will");
-        }
-        copied?;
         Ok(Staged {
+            blob,
             sha256: download.sha256,
             size: download.size,
             info,
@@ -436,7 +433,7 @@ impl<S: Store> Registry<S> {
             version: staged.info.version,
             plugin_type: ty,
             id,
-            blob: keys::blob(&staged.sha256),
+            blob: staged.blob,
             sha256: staged.sha256,
             size: staged.size,
             arch: staged.info.arch,
@@ -524,19 +521,24 @@ impl<S: Store> Registry<S> {
             now,
         );
         let body = Bytes::from(serde_json::to_vec_pretty(&meta).expect("metadata serialises"));
-        match self
-            .store
-            .put(&keys::plugin(ty, name), body, Condition::IfNoneMatch)
-            .await
-        {
-            Ok(()) => {}
+        let lease = match index::lease(&self.store, ty, name).await {
+            Ok(lease) => lease,
             Err(e) => {
                 self.release_all(&id, &claimed).await;
-                return Err(match e {
-                    StoreError::PreconditionFailed => RegistryError::Duplicate(name.to_string()),
-                    other => other.into(),
-                });
+                return Err(e.into());
             }
+        };
+        let committed = self
+            .store
+            .put(&keys::plugin(ty, name), body, Condition::IfNoneMatch)
+            .await;
+        self.settle(ty, name, &lease).await;
+        if let Err(e) = committed {
+            self.release_all(&id, &claimed).await;
+            return Err(match e {
+                StoreError::PreconditionFailed => RegistryError::Duplicate(name.to_string()),
+                other => other.into(),
+            });
         }
         tracing::info!(plugin_type = %ty, name, sha256 = %meta.sha256, "plugin created");
         self.callback(callback).await
@@ -634,7 +636,10 @@ impl<S: Store> Registry<S> {
         let Some((meta, _)) = self.read_meta(ty, name).await? else {
             return Err(RegistryError::NotExist(name.to_string()));
         };
-        self.store.delete(&keys::plugin(ty, name)).await?;
+        let lease = index::lease(&self.store, ty, name).await?;
+        let deleted = self.store.delete(&keys::plugin(ty, name)).await;
+        self.settle(ty, name, &lease).await;
+        deleted?;
         if let Some(functions) = &meta.functions {
             self.release_all(&meta.id, functions).await;
         }
@@ -642,16 +647,23 @@ impl<S: Store> Registry<S> {
         self.callback(callback).await
     }
 
-    /// Names of the plugins of a type, sorted; one list request per 1,000.
+    /// Ends a name-index lease. A failure leaves the lease, which makes lists
+    /// read the metadata keys until it expires: slower, still exact.
+    async fn settle(&self, ty: PluginType, name: &str, lease: &str) {
+        if let Err(e) = index::settle(&self.store, ty, name, lease).await {
+            tracing::warn!(plugin_type = %ty, name, error = %e, "could not update the name index; lists will read the metadata keys until the lease expires");
+        }
+    }
+
+    /// Names of the plugins of a type, sorted, from the name index (one read)
+    /// or, while a change is in flight, from the metadata keys.
+    pub async fn names(&self, ty: PluginType) -> Result<Names> {
+        Ok(index::names(&self.store, ty).await?)
+    }
+
+    /// Names of the plugins of a type, sorted (see [`Registry::names`]).
     pub async fn list(&self, ty: PluginType) -> Result<Vec<String>> {
-        let listed = self.store.list_keys(&keys::plugins_prefix(ty)).await?;
-        let mut names: Vec<String> = listed
-            .iter()
-            .filter_map(|k| keys::plugin_name(ty, k))
-            .map(str::to_string)
-            .collect();
-        names.sort();
-        Ok(names)
+        Ok(self.names(ty).await?.to_vec())
     }
 
     /// A plugin's metadata.
@@ -850,7 +862,10 @@ impl<S: Store> Registry<S> {
         let mut referenced = BTreeSet::new();
         let mut functions = BTreeSet::new();
         for ty in PluginType::ALL {
-            for name in self.list(ty).await? {
+            if !dry_run {
+                index::reindex(&self.store, ty).await?;
+            }
+            for name in index::listed_names(&self.store, ty).await? {
                 if let Some((meta, _)) = self.read_meta(ty, &name).await? {
                     referenced.insert(meta.blob.clone());
                     for f in meta.functions.unwrap_or_default() {

@@ -62,17 +62,28 @@ pub async fn open_store(url: &StoreUrl) -> Result<StoreKind, String> {
 
 /// Opens and checks an S3 store (settings from the AWS environment).
 pub async fn open_s3(bucket: &str, prefix: &str) -> Result<S3Store, String> {
-    let store = S3Store::new(S3Settings {
+    let store = connect_s3(bucket, prefix).await;
+    check_store(&store).await?;
+    Ok(store)
+}
+
+/// Builds the client of an S3 store without sending a request: the caller
+/// checks it ([`check_store`]), possibly while already serving.
+pub async fn connect_s3(bucket: &str, prefix: &str) -> S3Store {
+    S3Store::new(S3Settings {
         bucket: bucket.to_string(),
         prefix: prefix.to_string(),
         ..S3Settings::default()
     })
-    .await;
+    .await
+}
+
+/// Checks that a store is usable, with a message naming it.
+pub async fn check_store<S: Store>(store: &S) -> Result<(), String> {
     store
         .check()
         .await
-        .map_err(|e| format!("store {}: {e}", store.location()))?;
-    Ok(store)
+        .map_err(|e| format!("store {}: {e}", store.location()))
 }
 
 /// Adapts the router to Lambda events: strips an API Gateway stage prefix

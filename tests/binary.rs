@@ -421,7 +421,7 @@ async fn gc_removes_only_unreferenced_zips_local() {
     let data = dir.path().join("data");
     gc_command(
         vec![("KUIPER_STORE", data.display().to_string())],
-        data.join("blobs/sha256"),
+        data.join("blobs"),
     )
     .await;
 }
@@ -429,6 +429,6 @@ async fn gc_removes_only_unreferenced_zips_local() {
 #[tokio::test]
 async fn gc_removes_only_unreferenced_zips_s3() {
     let server = S3Server::start("plugins").await;
-    let blobs = server.bucket_dir().join("blobs/sha256");
+    let blobs = server.bucket_dir().join("blobs");
     gc_command(s3_env(&server, "s3://plugins", SECRET_KEY), blobs).await;
 }

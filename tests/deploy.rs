@@ -1200,7 +1200,7 @@ fn template_bucket_is_private_versioned_and_the_policy_least_privilege() {
     ] {
         assert_eq!(p["PublicAccessBlockConfiguration"][k], true, "{k}");
     }
-    // Referenced zips are current objects under blobs/sha256/: no rule may
+    // Referenced zips are current objects under blobs/: no rule may
     // expire or move current objects (unreferenced zips are `plugin-api gc`'s
     // job), except under uploads/, where zips are only in transit.
     let rules = p["LifecycleConfiguration"]["Rules"]

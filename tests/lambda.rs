@@ -297,5 +297,5 @@ async fn lambda_events_drive_the_api() {
         assert_eq!(status_body(&r), (200, "pong".into()));
     }
     // The store is the local directory the function was given.
-    assert!(dir.path().join("store/blobs/sha256").is_dir());
+    assert!(dir.path().join("store/blobs").is_dir());
 }

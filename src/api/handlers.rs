@@ -144,10 +144,18 @@ pub async fn list<S: Store>(State(state): Shared<S>, ApiPath(ty): ApiPath<String
     let ty = plugin_type(&ty)?;
     let names = state
         .registry
-        .list(ty)
+        .names(ty)
         .await
         .map_err(|e| ApiError::from_registry(&format!("{ty} plugins list command error"), e))?;
-    Ok(Json(names).into_response())
+    // Already a JSON array: sent as stored, not parsed and re-encoded.
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        names.json().clone(),
+    )
+        .into_response())
 }
 
 /// `GET /plugins/{type}/{name}`: metadata.

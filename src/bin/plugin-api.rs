@@ -3,8 +3,10 @@
 //! listens on `KUIPER_LISTEN` (default 127.0.0.1:9081).
 
 use clap::Parser;
+use futures_util::future::BoxFuture;
 use kuiper_registry::config::ServiceConfig;
 use kuiper_registry::server::{self, StoreKind};
+use kuiper_registry::store::{Store, StoreUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,22 +76,42 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     if !lambda {
         config.check_exposure()?;
     }
-    let store = server::open_store(&config.store_url()?).await?;
-    let (app, location) = match store {
-        StoreKind::Local(s) => {
-            let loc = kuiper_registry::store::Store::location(&s);
-            (server::build_app(s, &config)?, loc)
+    // A local store is checked before serving (no network involved). An S3
+    // store is checked while the service starts serving: the probe's round
+    // trip (and the TLS set-up it triggers) stays off the cold start, and a
+    // failed probe still stops the process with a clear message.
+    let (app, location, probe) = match config.store_url()? {
+        StoreUrl::S3 { bucket, prefix } => {
+            let s = server::connect_s3(&bucket, &prefix).await;
+            let probe = s.clone();
+            let probe: BoxFuture<'static, Result<(), String>> =
+                Box::pin(async move { server::check_store(&probe).await });
+            (server::build_app(s.clone(), &config)?, s.location(), probe)
         }
-        StoreKind::S3(s) => {
-            let loc = kuiper_registry::store::Store::location(&s);
-            (server::build_app(s, &config)?, loc)
+        url => {
+            let StoreKind::Local(s) = server::open_store(&url).await? else {
+                unreachable!("only S3 URLs open an S3 store")
+            };
+            let probe: BoxFuture<'static, Result<(), String>> = Box::pin(async { Ok(()) });
+            (server::build_app(s.clone(), &config)?, s.location(), probe)
         }
+    };
+    // The service runs until it stops or the probe fails.
+    let probe = async move {
+        probe.await?;
+        std::future::pending::<Result<(), String>>().await
     };
     if lambda {
         tracing::info!(store = %location, "serving AWS Lambda events");
-        return lambda_http::run(server::for_lambda(app))
-            .await
-            .map_err(|e| e.to_string());
+        let serve = async {
+            lambda_http::run(server::for_lambda(app))
+                .await
+                .map_err(|e| e.to_string())
+        };
+        return tokio::select! {
+            r = serve => r,
+            r = probe => r,
+        };
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -97,9 +119,15 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The first line on stdout says where we listen (tests and scripts read it).
     println!("plugin-api listening on http://{addr} (store: {location})");
-    server::serve_local(listener, app)
-        .await
-        .map_err(|e| e.to_string())
+    let serve = async {
+        server::serve_local(listener, app)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::select! {
+        r = serve => r,
+        r = probe => r,
+    }
 }
 
 async fn gc(config: ServiceConfig, min_age_secs: u64, dry_run: bool) -> Result<(), String> {

@@ -233,25 +233,6 @@ impl Store for LocalStore {
         .await
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        let src = self.path(from)?;
-        let dest = self.path(to)?;
-        let tmp_dir = self.root.join(TMP_DIR);
-        blocking(move || {
-            // Objects are never modified in place, so a hard link is a copy.
-            let tmp = tmp_dir.join(format!("link-{}", uuid::Uuid::new_v4().simple()));
-            if fs::hard_link(&src, &tmp).is_err() {
-                fs::copy(&src, &tmp).map_err(io_err)?;
-            }
-            ensure_parent(&dest)?;
-            fs::rename(&tmp, &dest).map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                io_err(e)
-            })
-        })
-        .await
-    }
-
     async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
         let path = self.path(key)?;
         let dest = dest.to_path_buf();
@@ -346,6 +327,7 @@ fn walk(root: &Path, prefix: &str, with_meta: bool) -> Result<Vec<Listed>, Store
                     key: rel.to_string(),
                     size,
                     modified,
+                    etag: None,
                 });
             }
         }

@@ -37,6 +37,9 @@ pub struct Listed {
     pub size: u64,
     /// Last modification, seconds since the Unix epoch.
     pub modified: u64,
+    /// The entity tag, when the backend's listing carries it (S3 does; the
+    /// local store does not, as its tags are content hashes).
+    pub etag: Option<ETag>,
 }
 
 /// A piece of a streamed upload ([`Store::put_stream`]).
@@ -103,8 +106,8 @@ pub trait Store: Send + Sync + 'static {
         path: &Path,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Uploads what arrives on `chunks` to `key` (multipart on S3), holding at
-    /// most one part in memory. The upload completes only when
+    /// Uploads what arrives on `chunks` to `key` (multipart on S3, a few parts
+    /// in flight while the next fills), holding a bounded amount in memory. The upload completes only when
     /// [`UploadChunk::End`] arrives; if the channel closes before that, it is
     /// aborted and nothing is stored.
     fn put_stream(
@@ -112,9 +115,6 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         chunks: tokio::sync::mpsc::Receiver<UploadChunk>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Copies an object to another key (server-side where the backend can).
-    fn copy(&self, from: &str, to: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Downloads an object into `dest` (created or truncated), streaming it.
     /// Returns `false` when the key is absent.
@@ -173,12 +173,40 @@ pub mod keys {
             .filter(|n| !n.contains('/'))
     }
 
-    /// Prefix of all stored zips: `blobs/sha256/`.
-    pub const BLOBS_PREFIX: &str = "blobs/sha256/";
+    /// The name index of a type (`index/{type}.json`), kept by the registry
+    /// so that listing names is one read (see `registry::index`).
+    pub fn name_index(ty: PluginType) -> String {
+        format!("index/{}.json", ty.as_str())
+    }
 
-    /// A zip, content-addressed: `blobs/sha256/{hex}.zip`.
-    pub fn blob(sha256_hex: &str) -> String {
-        format!("{BLOBS_PREFIX}{sha256_hex}.zip")
+    /// Prefix of all stored zips: `blobs/`.
+    pub const BLOBS_PREFIX: &str = "blobs/";
+
+    /// A zip, named by the id of the upload that stored it: `blobs/{id}.zip`.
+    /// Its SHA-256 is in the metadata that points at it. (Stores written by
+    /// earlier versions hold content-addressed `blobs/sha256/{hex}.zip`, which
+    /// stay valid: readers follow the metadata's `blob` field.)
+    pub fn blob(id: &str) -> String {
+        format!("{BLOBS_PREFIX}{id}.zip")
+    }
+
+    /// Whether `key` is a zip key a metadata object may point at: under
+    /// `blobs/`, ending in `.zip`, made of `[A-Za-z0-9._-]` segments with no
+    /// `.` or `..` segment. Readers check this before following a `blob` field.
+    pub fn is_blob_key(key: &str) -> bool {
+        let Some(rest) = key.strip_prefix(BLOBS_PREFIX) else {
+            return false;
+        };
+        rest.ends_with(".zip")
+            && rest.len() <= 512
+            && rest.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            })
     }
 
     /// Prefix of the function-name claims: `udfs/`.
@@ -189,13 +217,9 @@ pub mod keys {
         format!("{UDFS_PREFIX}{function}.json")
     }
 
-    /// Prefix of zips being uploaded while they are checked: `uploads/`.
+    /// Prefix where earlier versions staged zips while checking them
+    /// (`uploads/{id}.zip`); `gc` still clears what they left behind.
     pub const UPLOADS_PREFIX: &str = "uploads/";
-
-    /// A zip in transit, before its hash is known: `uploads/{id}.zip`.
-    pub fn upload(id: &str) -> String {
-        format!("{UPLOADS_PREFIX}{id}.zip")
-    }
 }
 
 /// Where the store is, as given by `KUIPER_STORE` or `--store`.

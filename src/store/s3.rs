@@ -119,6 +119,10 @@ impl S3Store {
 /// Size of the parts of a streamed upload (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 
+/// Parts of one streamed upload sent at once. With the part being filled,
+/// a streamed upload holds at most `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes.
+pub const PARTS_IN_FLIGHT: usize = 2;
+
 impl S3Store {
     /// Uploads the parts of a multipart upload as chunks arrive; returns the
     /// completed parts once `End` arrives, or an error if the stream stops.
@@ -128,44 +132,55 @@ impl S3Store {
         upload_id: &str,
         chunks: &mut tokio::sync::mpsc::Receiver<UploadChunk>,
     ) -> Result<Vec<CompletedPart>, StoreError> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        // Parts upload while the next one fills, at most PARTS_IN_FLIGHT at a
+        // time, so the producer (a download) is not held up by each round trip.
+        let mut in_flight = FuturesUnordered::new();
         let mut parts = Vec::new();
         let mut buf = bytes::BytesMut::with_capacity(PART_SIZE);
+        let mut next_number = 1;
+        let mut end = false;
         loop {
-            let end = match chunks.recv().await {
-                Some(UploadChunk::Data(b)) => {
-                    buf.extend_from_slice(&b);
-                    false
-                }
-                Some(UploadChunk::End) => true,
-                None => return Err(StoreError::Other("upload aborted".into())),
-            };
-            while buf.len() >= PART_SIZE || (end && (!buf.is_empty() || parts.is_empty())) {
+            // Cut full parts (and the last one) from the buffer.
+            while in_flight.len() < PARTS_IN_FLIGHT
+                && (buf.len() >= PART_SIZE || (end && (!buf.is_empty() || next_number == 1)))
+            {
                 let take = buf.len().min(PART_SIZE);
                 let body = buf.split_to(take).freeze();
-                let number = parts.len() as i32 + 1;
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(upload_id)
-                    .part_number(number)
-                    .body(ByteStream::from(body))
-                    .send()
-                    .await
-                    .map_err(|e| map_err("upload part", e))?;
-                parts.push(
-                    CompletedPart::builder()
+                let number = next_number;
+                next_number += 1;
+                in_flight.push(async move {
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(upload_id)
                         .part_number(number)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .build(),
-                );
-                if buf.is_empty() && end {
-                    break;
-                }
+                        .body(ByteStream::from(body))
+                        .send()
+                        .await
+                        .map_err(|e| map_err("upload part", e))?;
+                    Ok::<_, StoreError>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .build(),
+                    )
+                });
             }
-            if end {
+            if end && buf.is_empty() && in_flight.is_empty() {
+                parts.sort_by_key(|p: &CompletedPart| p.part_number());
                 return Ok(parts);
+            }
+            let can_receive = !end && buf.len() < PART_SIZE;
+            tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => parts.push(done?),
+                chunk = chunks.recv(), if can_receive => match chunk {
+                    Some(UploadChunk::Data(b)) => buf.extend_from_slice(&b),
+                    Some(UploadChunk::End) => end = true,
+                    None => return Err(StoreError::Other("upload aborted".into())),
+                },
             }
         }
     }
@@ -339,23 +354,6 @@ impl Store for S3Store {
         }
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        let source = format!("{}/{}", self.bucket, self.key(from));
-        self.client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(self.key(to))
-            .copy_source(
-                url::form_urlencoded::byte_serialize(source.as_bytes())
-                    .collect::<String>()
-                    .replace("%2F", "/"),
-            )
-            .send()
-            .await
-            .map_err(|e| map_err("copy object", e))?;
-        Ok(())
-    }
-
     async fn get_to_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
         let Some(out) = self.get_object(key).await? else {
             return Ok(false);
@@ -428,6 +426,7 @@ impl Store for S3Store {
                     key: key.to_string(),
                     size: obj.size().unwrap_or(0).max(0) as u64,
                     modified: obj.last_modified().map_or(0, |t| t.secs().max(0) as u64),
+                    etag: obj.e_tag().map(|t| ETag(t.to_string())),
                 });
             }
         }

@@ -101,6 +101,14 @@ impl TestEnv {
         }
     }
 
+    /// The file holding the object `key` (the S3 store uses the key prefix `registry/`).
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        match &self.s3 {
+            Some(s3) => s3.bucket_dir().join("registry").join(key),
+            None => self.tmp.path().join("store").join(key),
+        }
+    }
+
     pub fn config(&self) -> ServiceConfig {
         let store = self.tmp.path().join("store");
         let mut args = vec![
@@ -273,11 +281,11 @@ impl TestEnv {
         out
     }
 
-    /// Stored zips (content-addressed blobs).
+    /// Stored zips (under `blobs/`).
     pub fn stored_blobs(&self) -> Vec<String> {
         self.stored_files()
             .into_iter()
-            .filter(|f| f.contains("blobs/sha256/"))
+            .filter(|f| f.starts_with("blobs/") || f.starts_with("registry/blobs/"))
             .collect()
     }
 }

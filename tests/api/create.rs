@@ -11,7 +11,7 @@ both_stores!(
     list_is_sorted_and_empty_when_none,
     describe_unknown_is_404,
     unknown_type_is_404,
-    create_stores_zip_content_addressed,
+    create_stores_each_zip_under_its_own_key,
 );
 
 async fn create_lists_and_describes(env: TestEnv) {
@@ -146,9 +146,10 @@ async fn unknown_type_is_404(env: TestEnv) {
     r.error_message();
 }
 
-async fn create_stores_zip_content_addressed(env: TestEnv) {
+async fn create_stores_each_zip_under_its_own_key(env: TestEnv) {
     env.create_ok("sinks", "a1").await;
-    // Same bytes under another name: one blob.
+    // Same bytes under another name: a second zip, so neither plugin's zip
+    // depends on the other's lifetime.
     let url = env
         .files
         .serve("/other.zip", plugin_zip("sinks", "a1", "A1.so"))
@@ -158,10 +159,25 @@ async fn create_stores_zip_content_addressed(env: TestEnv) {
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let blobs = env.stored_blobs();
-    assert_eq!(blobs.len(), 1, "identical zips are stored once: {blobs:?}");
-    let d = env.get("/plugins/sinks/a1").await.json();
-    assert!(blobs[0].ends_with(&format!(
-        "blobs/sha256/{}.zip",
-        d["sha256"].as_str().unwrap()
-    )));
+    assert_eq!(blobs.len(), 2, "{blobs:?}");
+    use sha2::Digest;
+    let sink = env.get("/plugins/sinks/a1").await.json();
+    let function = env.get("/plugins/functions/a1").await.json();
+    assert_ne!(sink["blob"], function["blob"]);
+    assert_eq!(sink["sha256"], function["sha256"]);
+    for d in [sink, function] {
+        let blob = d["blob"].as_str().unwrap();
+        assert!(kuiper_registry::store::keys::is_blob_key(blob), "{blob}");
+        assert!(
+            blobs.iter().any(|b| b.ends_with(blob)),
+            "{blob} in {blobs:?}"
+        );
+        let bytes = std::fs::read(env.object_path(blob)).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            d["sha256"].as_str().unwrap(),
+            "the metadata's sha256 is the stored zip's"
+        );
+        assert_eq!(d["size"], bytes.len() as u64);
+    }
 }

@@ -13,6 +13,7 @@ mod delete;
 mod faults;
 mod functions;
 mod limits;
+mod listing;
 mod persistence;
 mod races;
 mod reference;

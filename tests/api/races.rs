@@ -52,7 +52,7 @@ async fn concurrent_creates_one_winner(env: TestEnv) {
     let blob = env.objects_dir().join(
         env.stored_blobs()
             .into_iter()
-            .find(|b| b.contains(d["sha256"].as_str().unwrap()))
+            .find(|b| b.ends_with(d["blob"].as_str().unwrap()))
             .expect("winner's zip stored"),
     );
     use sha2::Digest;
