@@ -2,8 +2,9 @@
 //! updates or deletes its own files.
 //!
 //! Stored as `{root}/.kuiper-node/manifest.json`, written to a temporary file
-//! and renamed over the old one after each plugin, so a killed sync leaves
-//! either the old or the new manifest, never a half-written one.
+//! and renamed over the old one (before and after the files of a group of
+//! plugins are moved into place), so a killed sync leaves either the old or
+//! the new manifest, never a half-written one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -41,6 +42,13 @@ pub struct Entry {
     /// lists the old and the new files, and the next sync must install it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// The entity tag of the metadata object it was installed from, when the
+    /// store reported one. A later sync whose listing shows the same tag
+    /// knows the plugin is unchanged without reading its metadata. Absent in
+    /// manifests written before it existed (those plugins' metadata is read
+    /// once more, and the tag recorded then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_etag: Option<String>,
 }
 
 impl Entry {
@@ -105,25 +113,14 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Writes the manifest atomically: a temporary file in the same directory,
-    /// flushed to disk, then renamed over `path`.
+    /// Writes the manifest atomically (see [`write_atomic`]).
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let body = serde_json::to_vec_pretty(self).map_err(|e| format!("manifest: {e}"))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".manifest-")
-            .tempfile_in(&dir)
-            .map_err(|e| format!("cannot write manifest in {}: {e}", dir.display()))?;
-        tmp.write_all(&body)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(|e| format!("cannot write manifest in {}: {e}", dir.display()))?;
-        tmp.persist(path)
-            .map_err(|e| format!("cannot replace manifest {}: {}", path.display(), e.error))?;
-        sync_dir(&dir);
-        Ok(())
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// The manifest as written to disk.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec_pretty(self).map_err(|e| format!("manifest: {e}"))
     }
 
     /// Which plugin (by key) installed each file.
@@ -145,6 +142,27 @@ impl Manifest {
             .map(|e| e.name.clone())
             .collect()
     }
+}
+
+/// Writes a manifest's bytes ([`Manifest::to_bytes`]) atomically: a
+/// temporary file in the same directory, flushed to disk, then renamed over
+/// `path`.
+pub fn write_atomic(path: &Path, body: &[u8]) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".manifest-")
+        .tempfile_in(&dir)
+        .map_err(|e| format!("cannot write manifest in {}: {e}", dir.display()))?;
+    tmp.write_all(body)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| format!("cannot write manifest in {}: {e}", dir.display()))?;
+    tmp.persist(path)
+        .map_err(|e| format!("cannot replace manifest {}: {}", path.display(), e.error))?;
+    sync_dir(&dir);
+    Ok(())
 }
 
 /// Flushes a directory's entries (renames) to disk; best effort.

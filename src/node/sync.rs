@@ -1,39 +1,62 @@
 //! Bringing a node's directory to the registry's state.
 //!
-//! For each plugin listed in the store: unchanged (same zip, same
-//! `shellParas`, files present) plugins are left alone; new or changed ones
-//! are downloaded into `{root}/.kuiper-node/tmp/`, verified against the
-//! metadata's SHA-256, checked again with [`inspect_zip`], extracted there
-//! (only the entries the metadata lists), optionally prepared by `install.sh`,
-//! and only then renamed into place. Plugins the manifest lists but the store
-//! no longer has are removed, file by file, as the manifest lists them.
+//! One listing of `plugins/` (one request per 1,000 plugins on S3) gives every
+//! plugin the store holds and, where the backend lists them, the entity tags
+//! of their metadata. A plugin whose listed tag is the one the manifest
+//! recorded when it was installed, and whose files are all present, is
+//! unchanged: nothing more is read for it. The others have their metadata
+//! read: unchanged (same zip, same `shellParas`, files present) plugins are
+//! left alone; new or changed ones are downloaded (small zips into memory,
+//! larger ones into `{root}/.kuiper-node/tmp/`), verified against the
+//! metadata's SHA-256, checked again with [`inspect_zip`], extracted into
+//! `{root}/.kuiper-node/tmp/` (only the entries the metadata lists),
+//! optionally prepared by `install.sh`, and only then renamed into place.
+//! Up to [`SyncOptions::jobs`] plugins are downloaded and staged at once,
+//! while one committer moves the staged ones into place, a group at a time.
+//! Plugins the manifest lists but the store no longer has are removed, file
+//! by file, as the manifest lists them.
 //!
-//! Crash safety: before the first file of a plugin is renamed into place the
-//! manifest marks the plugin `pending` and lists both its old and new files;
-//! after the last old file is removed the entry is rewritten with only the new
-//! files. A sync killed in between leaves a `pending` entry that the next sync
-//! installs again (and, if the plugin was dropped meanwhile, removes file by
-//! file). Half-written files only ever exist under `.kuiper-node/tmp/`, which
-//! every sync empties first, and never with a `.so` name in `plugins/`.
+//! Crash safety: before the first file of a group of plugins is renamed into
+//! place the manifest marks each of them `pending` and lists both its old and
+//! new files; after the last old file is removed the entries are rewritten
+//! with only the new files. A sync killed in between leaves `pending` entries
+//! that the next sync installs again (and, if a plugin was dropped meanwhile,
+//! removes file by file). Half-written files only ever exist under
+//! `.kuiper-node/tmp/`, which every sync empties first, and never with a `.so`
+//! name in `plugins/`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Cursor, Read, Seek};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use super::layout::{self, Placement, STATE_DIR};
 use super::manifest::{self, Entry, Manifest};
 use super::{Failure, PluginRef, Progress, Report};
 use crate::package::{self, inspect_zip, match_library, validate_name, PluginType, ZipLimits};
 use crate::registry::PluginMeta;
-use crate::store::{keys, Store};
+use crate::store::{keys, Listed, Store};
+
+/// Where every type's metadata is: listed once per sync.
+const PLUGINS_PREFIX: &str = "plugins/";
+
+/// Zips up to this size are downloaded into memory (at most
+/// [`SyncOptions::jobs`] at once) and never written to disk whole; larger
+/// ones are streamed to a file.
+const IN_MEMORY_MAX: u64 = 4 << 20;
+
+/// Most staged plugins moved into place with one pair of manifest writes.
+const GROUP_MAX: usize = 64;
 
 /// How a sync behaves.
 #[derive(Debug, Clone)]
@@ -84,8 +107,62 @@ enum Outcome {
     Installed(String),
     Updated(String),
     Unchanged(String),
-    /// The metadata disappeared between listing and reading it.
+}
+
+/// What reading a plugin's metadata (and staging it) came to.
+enum Prepared {
+    /// Nothing to move into place.
+    Done(Outcome),
+    /// The metadata disappeared between listing and reading it; handled.
     Gone,
+    /// Staged: the committer moves it into place.
+    Ready(Box<Ready>),
+}
+
+/// A plugin whose files are staged under `.kuiper-node/tmp/`.
+struct Ready {
+    meta: PluginMeta,
+    /// The entity tag of the metadata it was staged from.
+    etag: String,
+    /// (relative destination, staged file)
+    files: Vec<(String, PathBuf)>,
+    /// Whether the node had a version of it before (an update, not an install).
+    existed: bool,
+    /// Deleted once the plugin is committed or failed.
+    _work: WorkDir,
+}
+
+/// The plugins a listing shows, each with its metadata's entity tag when the
+/// backend lists tags.
+type Listing = BTreeMap<(PluginType, String), Option<String>>;
+
+/// The manifest, in memory and on disk.
+struct Book {
+    path: PathBuf,
+    manifest: Mutex<Manifest>,
+    /// Held while a snapshot is written, so that snapshots reach the disk in
+    /// the order they were taken.
+    writing: Mutex<()>,
+    /// Whether the manifest has changes that no write has to wait for
+    /// (recorded metadata tags), not yet written.
+    dirty: AtomicBool,
+}
+
+impl Book {
+    fn lock(&self) -> MutexGuard<'_, Manifest> {
+        self.manifest.lock().expect("manifest lock")
+    }
+
+    /// Writes the manifest as it is now (blocking).
+    fn save(&self) -> Result<(), String> {
+        let _writing = self.writing.lock().expect("manifest write lock");
+        let body = {
+            let m = self.lock();
+            self.dirty.store(false, Ordering::SeqCst);
+            m.to_bytes()?
+        };
+        manifest::write_atomic(&self.path, &body)
+    }
 }
 
 struct Ctx<'a, S> {
@@ -93,8 +170,7 @@ struct Ctx<'a, S> {
     opts: &'a SyncOptions,
     root: PathBuf,
     tmp: PathBuf,
-    manifest_path: PathBuf,
-    manifest: Mutex<Manifest>,
+    book: Arc<Book>,
     report: Mutex<Report>,
     progress: &'a Progress,
 }
@@ -161,81 +237,57 @@ pub async fn sync<S: Store>(
         opts,
         root: root.clone(),
         tmp,
-        manifest_path,
-        manifest: Mutex::new(manifest),
+        book: Arc::new(Book {
+            path: manifest_path,
+            manifest: Mutex::new(manifest),
+            writing: Mutex::new(()),
+            dirty: AtomicBool::new(false),
+        }),
         report: Mutex::new(Report::default()),
         progress,
     };
 
-    // What the registry holds, type by type. A type that cannot be listed is
-    // left exactly as it is on the node.
-    let mut listed: Vec<(PluginType, String)> = Vec::new();
-    let mut listed_types: BTreeMap<PluginType, BTreeSet<String>> = BTreeMap::new();
-    for ty in PluginType::ALL {
-        let prefix = keys::plugins_prefix(ty);
-        match store.list(&prefix).await {
-            Ok(objects) => {
-                let names: BTreeSet<String> = objects
-                    .iter()
-                    .filter_map(|o| keys::plugin_name(ty, &o.key))
-                    .map(str::to_string)
-                    .collect();
-                listed.extend(names.iter().map(|n| (ty, n.clone())));
-                listed_types.insert(ty, names);
-            }
-            Err(e) => ctx.fail_global(
-                Some(ty),
-                format!(
-                    "cannot list {prefix} in store {}: {e}; installed {ty} plugins were left as they are",
-                    store.location()
-                ),
-            ),
-        }
+    // What the registry holds, every type in one listing. When it cannot be
+    // listed, the node is left exactly as it is.
+    match store.list(PLUGINS_PREFIX).await {
+        Ok(objects) => ctx.reconcile(plugins_listed(objects)).await,
+        Err(e) => ctx.fail_global(format!(
+            "cannot list {PLUGINS_PREFIX} in store {}: {e}; installed plugins were left as they are",
+            store.location()
+        )),
     }
-
-    // Dropped plugins go first, so that their files free the names new ones may use.
-    let dropped: Vec<(PluginType, String)> = {
-        let m = ctx.manifest.lock().expect("manifest lock");
-        m.plugins
-            .values()
-            .filter(|e| {
-                listed_types
-                    .get(&e.plugin_type)
-                    .is_some_and(|names| !names.contains(&e.name))
-            })
-            .map(|e| (e.plugin_type, e.name.clone()))
-            .collect()
-    };
-    progress.set_length((dropped.len() + listed.len()) as u64);
-    for (ty, name) in dropped {
-        ctx.remove_and_report(ty, &name);
-        progress.inc();
-    }
-
-    let jobs = opts.jobs.max(1);
-    stream::iter(listed)
-        .map(|(ty, name)| {
-            let ctx = &ctx;
-            async move {
-                ctx.sync_one(ty, &name).await;
-                ctx.progress.inc();
-            }
-        })
-        .buffer_unordered(jobs)
-        .collect::<Vec<()>>()
-        .await;
 
     let _ = fs::remove_dir_all(&ctx.tmp);
-    let mut report = ctx.report.into_inner().expect("report lock");
+    let Ctx { book, report, .. } = ctx;
+    let mut report = report.into_inner().expect("report lock");
     report.sort();
+    let manifest = match Arc::try_unwrap(book) {
+        Ok(book) => book.manifest.into_inner().expect("manifest lock"),
+        Err(book) => book.lock().clone(),
+    };
     Ok(Synced {
         report,
-        manifest: ctx.manifest.into_inner().expect("manifest lock"),
+        manifest,
         root,
     })
 }
 
-/// The staged files of one plugin, ready to be renamed into place.
+/// The plugins in a listing of `plugins/`; keys that are not
+/// `plugins/{type}/{name}.json` are ignored.
+fn plugins_listed(objects: Vec<Listed>) -> Listing {
+    let mut out = Listing::new();
+    for o in objects {
+        let plugin = PluginType::ALL
+            .into_iter()
+            .find_map(|ty| keys::plugin_name(ty, &o.key).map(|n| (ty, n.to_string())));
+        if let Some(plugin) = plugin {
+            out.insert(plugin, o.etag.map(|t| t.0).filter(|t| !t.is_empty()));
+        }
+    }
+    out
+}
+
+/// The staged files of one plugin.
 struct Staged {
     /// (relative destination, staged file)
     files: Vec<(String, PathBuf)>,
@@ -252,15 +304,31 @@ impl Drop for WorkDir {
     }
 }
 
+/// A downloaded zip.
+enum Download {
+    /// Small zips are kept in memory.
+    Memory(Bytes),
+    /// Larger ones are streamed to a file.
+    File(PathBuf),
+}
+
+/// Whether every file of an installed plugin is there.
+fn files_present(root: &Path, entry: &Entry) -> bool {
+    entry
+        .files
+        .iter()
+        .all(|f| root.join(f).symlink_metadata().is_ok())
+}
+
 impl<S: Store> Ctx<'_, S> {
-    fn fail_global(&self, ty: Option<PluginType>, error: String) {
+    fn fail_global(&self, error: String) {
         self.progress.line(&format!("error: {error}"));
         self.report
             .lock()
             .expect("report lock")
             .failed
             .push(Failure {
-                plugin_type: ty.map(|t| t.as_str().to_string()).unwrap_or_default(),
+                plugin_type: String::new(),
                 name: String::new(),
                 error,
             });
@@ -280,13 +348,11 @@ impl<S: Store> Ctx<'_, S> {
             });
     }
 
-    async fn sync_one(&self, ty: PluginType, name: &str) {
-        let (verb, version) = match self.install_one(ty, name).await {
-            Ok(Outcome::Installed(v)) => ("installed", v),
-            Ok(Outcome::Updated(v)) => ("updated", v),
-            Ok(Outcome::Unchanged(v)) => ("unchanged", v),
-            Ok(Outcome::Gone) => return,
-            Err(e) => return self.fail(ty, name, e),
+    fn done(&self, ty: PluginType, name: &str, outcome: Outcome) {
+        let (verb, version) = match outcome {
+            Outcome::Installed(v) => ("installed", v),
+            Outcome::Updated(v) => ("updated", v),
+            Outcome::Unchanged(v) => ("unchanged", v),
         };
         self.progress
             .line(&format!("{verb:<9} {ty}/{name} {version}"));
@@ -303,8 +369,123 @@ impl<S: Store> Ctx<'_, S> {
         }
     }
 
-    /// Reads the metadata and installs the plugin unless it is unchanged.
-    async fn install_one(&self, ty: PluginType, name: &str) -> Result<Outcome, String> {
+    /// Removes what the registry dropped, installs what it has and the node
+    /// does not, and records what is unchanged.
+    async fn reconcile(&self, listed: Listing) {
+        // Dropped plugins go first, so that their files free the names new ones may use.
+        let dropped: Vec<(PluginType, String)> = self
+            .book
+            .lock()
+            .plugins
+            .values()
+            .filter(|e| !listed.contains_key(&(e.plugin_type, e.name.clone())))
+            .map(|e| (e.plugin_type, e.name.clone()))
+            .collect();
+        self.progress
+            .set_length((dropped.len() + listed.len()) as u64);
+        self.remove_and_report(&dropped);
+
+        // A plugin whose metadata has the tag it was installed from needs no read.
+        let mut to_read = Vec::new();
+        for ((ty, name), etag) in listed {
+            match self.unchanged_by_tag(ty, &name, etag.as_deref()) {
+                Some(version) => {
+                    self.done(ty, &name, Outcome::Unchanged(version));
+                    self.progress.inc();
+                }
+                None => to_read.push((ty, name)),
+            }
+        }
+
+        let jobs = self.opts.jobs.max(1);
+        let (ready_tx, ready_rx) = mpsc::channel::<Box<Ready>>(jobs);
+        let prepare_all = async move {
+            stream::iter(to_read)
+                .for_each_concurrent(jobs, |(ty, name)| {
+                    let ready_tx = ready_tx.clone();
+                    async move {
+                        match self.prepare(ty, &name).await {
+                            // The committer reports it.
+                            Ok(Prepared::Ready(ready)) => {
+                                if ready_tx.send(ready).await.is_err() {
+                                    self.fail(ty, &name, "staged, but not installed".into());
+                                    self.progress.inc();
+                                }
+                            }
+                            Ok(Prepared::Done(outcome)) => {
+                                self.done(ty, &name, outcome);
+                                self.progress.inc();
+                            }
+                            Ok(Prepared::Gone) => self.progress.inc(),
+                            Err(e) => {
+                                self.fail(ty, &name, e);
+                                self.progress.inc();
+                            }
+                        }
+                    }
+                })
+                .await;
+        };
+        tokio::join!(prepare_all, self.committer(ready_rx));
+
+        if self.book.dirty.load(Ordering::SeqCst) {
+            let book = Arc::clone(&self.book);
+            let saved = tokio::task::spawn_blocking(move || book.save())
+                .await
+                .unwrap_or_else(|e| Err(format!("manifest: {e}")));
+            if let Err(e) = saved {
+                self.fail_global(e);
+            }
+        }
+    }
+
+    /// The version of `{ty}/{name}` when the manifest recorded the listed
+    /// metadata tag for it, it is not pending and its files are all there.
+    fn unchanged_by_tag(&self, ty: PluginType, name: &str, listed: Option<&str>) -> Option<String> {
+        let tag = listed?;
+        let m = self.book.lock();
+        let e = m.plugins.get(&manifest::key(ty, name))?;
+        (!e.pending && e.meta_etag.as_deref() == Some(tag) && files_present(&self.root, e))
+            .then(|| e.version.clone())
+    }
+
+    /// Moves staged plugins into place as they arrive, a group at a time, and
+    /// reports them.
+    async fn committer(&self, mut ready: mpsc::Receiver<Box<Ready>>) {
+        let mut group = Vec::new();
+        while ready.recv_many(&mut group, GROUP_MAX).await > 0 {
+            let plugins: Vec<(PluginType, String, String, bool)> = group
+                .iter()
+                .map(|r| {
+                    (
+                        r.meta.plugin_type,
+                        r.meta.name.clone(),
+                        r.meta.version.clone(),
+                        r.existed,
+                    )
+                })
+                .collect();
+            let (book, root, staged) = (
+                Arc::clone(&self.book),
+                self.root.clone(),
+                std::mem::take(&mut group),
+            );
+            let results = tokio::task::spawn_blocking(move || commit(&book, &root, &staged))
+                .await
+                .unwrap_or_else(|e| vec![Err(format!("installing failed: {e}")); plugins.len()]);
+            for ((ty, name, version, existed), result) in plugins.into_iter().zip(results) {
+                match result {
+                    Ok(()) if existed => self.done(ty, &name, Outcome::Updated(version)),
+                    Ok(()) => self.done(ty, &name, Outcome::Installed(version)),
+                    Err(e) => self.fail(ty, &name, e),
+                }
+                self.progress.inc();
+            }
+        }
+    }
+
+    /// Reads the metadata and stages the plugin unless it is unchanged.
+    async fn prepare(&self, ty: PluginType, name: &str) -> Result<Prepared, String> {
         validate_name(name)
             .map_err(|e| format!("the store lists a plugin with an {e}; skipped"))?;
         let meta_key = keys::plugin(ty, name);
@@ -315,30 +496,30 @@ impl<S: Store> Ctx<'_, S> {
             .map_err(|e| format!("cannot read {meta_key}: {e}"))?;
         let Some(obj) = obj else {
             // Deleted since it was listed.
-            self.remove_and_report(ty, name);
-            return Ok(Outcome::Gone);
+            self.remove_and_report(&[(ty, name.to_string())]);
+            return Ok(Prepared::Gone);
         };
         let meta: PluginMeta = serde_json::from_slice(&obj.body)
             .map_err(|e| format!("metadata {meta_key} is unreadable: {e}"))?;
         check_meta(ty, name, &meta)?;
+        let etag = obj.etag.0;
 
-        let previous = self
-            .manifest
-            .lock()
-            .expect("manifest lock")
-            .plugins
-            .get(&manifest::key(ty, name))
-            .cloned();
+        let key = manifest::key(ty, name);
+        let previous = self.book.lock().plugins.get(&key).cloned();
         if let Some(prev) = &previous {
-            let same =
-                !prev.pending && prev.sha256 == meta.sha256 && prev.shell_paras == meta.shell_paras;
-            if same
-                && prev
-                    .files
-                    .iter()
-                    .all(|f| self.root.join(f).symlink_metadata().is_ok())
+            if !prev.pending
+                && prev.sha256 == meta.sha256
+                && prev.shell_paras == meta.shell_paras
+                && files_present(&self.root, prev)
             {
-                return Ok(Outcome::Unchanged(prev.version.clone()));
+                // Recorded, so that the next sync can skip reading the metadata.
+                if !etag.is_empty() && prev.meta_etag.as_deref() != Some(etag.as_str()) {
+                    if let Some(e) = self.book.lock().plugins.get_mut(&key) {
+                        e.meta_etag = Some(etag);
+                        self.book.dirty.store(true, Ordering::SeqCst);
+                    }
+                }
+                return Ok(Prepared::Done(Outcome::Unchanged(prev.version.clone())));
             }
         }
 
@@ -358,18 +539,32 @@ impl<S: Store> Ctx<'_, S> {
         let work = WorkDir(self.tmp.join(format!("{}-{name}", ty.as_str())));
         fs::create_dir_all(&work.0)
             .map_err(|e| format!("cannot create {}: {e}", work.0.display()))?;
-        let zip_path = work.0.join("download.zip");
-        let blob_key = keys::blob(&meta.sha256);
-        let found = self
-            .store
-            .get_to_file(&blob_key, &zip_path)
-            .await
-            .map_err(|e| format!("cannot download {blob_key}: {e}"))?;
-        if !found {
-            return Err(format!(
-                "the zip {blob_key} is missing from the store; nothing installed"
-            ));
-        }
+        let missing = || {
+            format!(
+                "the zip {} is missing from the store; nothing installed",
+                meta.blob
+            )
+        };
+        let download = if meta.size <= IN_MEMORY_MAX {
+            let zip = self
+                .store
+                .get(&meta.blob)
+                .await
+                .map_err(|e| format!("cannot download {}: {e}", meta.blob))?
+                .ok_or_else(missing)?;
+            Download::Memory(zip.body)
+        } else {
+            let zip_path = work.0.join("download.zip");
+            let found = self
+                .store
+                .get_to_file(&meta.blob, &zip_path)
+                .await
+                .map_err(|e| format!("cannot download {}: {e}", meta.blob))?;
+            if !found {
+                return Err(missing());
+            }
+            Download::File(zip_path)
+        };
 
         let staged = {
             let (meta, dir, limits, arch) = (
@@ -378,7 +573,7 @@ impl<S: Store> Ctx<'_, S> {
                 self.opts.zip_limits,
                 self.opts.arch.clone(),
             );
-            tokio::task::spawn_blocking(move || stage(&meta, &dir, &zip_path, &limits, &arch))
+            tokio::task::spawn_blocking(move || stage(&meta, &dir, &download, &limits, &arch))
                 .await
                 .map_err(|e| format!("staging failed: {e}"))??
         };
@@ -387,172 +582,275 @@ impl<S: Store> Ctx<'_, S> {
             run_install_script(dir, &meta.shell_paras, self.opts.install_timeout).await?;
         }
 
-        self.apply(&meta, staged)?;
-        Ok(if previous.is_some() {
-            Outcome::Updated(meta.version)
-        } else {
-            Outcome::Installed(meta.version)
-        })
+        Ok(Prepared::Ready(Box::new(Ready {
+            meta,
+            etag,
+            files: staged.files,
+            existed: previous.is_some(),
+            _work: work,
+        })))
     }
 
-    /// Moves the staged files into place and records them, crash-safely.
-    fn apply(&self, meta: &PluginMeta, staged: Staged) -> Result<(), String> {
-        let ty = meta.plugin_type;
-        let key = manifest::key(ty, &meta.name);
-        let mut m = self.manifest.lock().expect("manifest lock");
-        let old_files: Vec<String> = m
-            .plugins
-            .get(&key)
-            .map(|e| e.files.clone())
-            .unwrap_or_default();
-
-        let new_files: Vec<String> = staged.files.iter().map(|(rel, _)| rel.clone()).collect();
-        let old_only: Vec<String> = old_files
-            .iter()
-            .filter(|f| !new_files.contains(f))
-            .cloned()
-            .collect();
-
-        // Never take over a file that someone else put there.
+    /// Removes installed plugins' files as the manifest lists them (one
+    /// manifest write for all) and reports them.
+    fn remove_and_report(&self, plugins: &[(PluginType, String)]) {
+        let mut outcomes = Vec::new();
         {
-            let owners = m.owners();
-            for rel in &new_files {
-                match owners.get(rel.as_str()) {
-                    Some(owner) if *owner != key => {
-                        return Err(format!(
-                            "{rel} belongs to plugin {owner} on this node; nothing installed"
-                        ))
+            let mut m = self.book.lock();
+            for (ty, name) in plugins {
+                let key = manifest::key(*ty, name);
+                let Some(entry) = m.plugins.get(&key).cloned() else {
+                    continue;
+                };
+                let mut left = Vec::new();
+                let mut errors = Vec::new();
+                for f in &entry.files {
+                    if let Err(e) = remove_file_and_empty_dirs(&self.root, f) {
+                        errors.push(format!("{f}: {e}"));
+                        left.push(f.clone());
                     }
-                    Some(_) => {}
-                    None => {
-                        let dest = layout::under(&self.root, rel)?;
-                        let Ok(md) = dest.symlink_metadata() else {
-                            continue;
-                        };
-                        // A directory of the previous version's files that becomes a file is fine.
-                        let ours = md.is_dir() && {
-                            let inside = files_under(&dest);
-                            !inside.is_empty()
-                                && inside
-                                    .iter()
-                                    .all(|f| old_only.contains(&format!("{rel}/{f}")))
-                        };
-                        if !ours {
-                            return Err(format!(
-                                "{} exists but was not installed by kuiper-node (placed by hand?); it is left alone and the plugin is not installed",
-                                dest.display()
-                            ));
-                        }
-                    }
+                }
+                if left.is_empty() {
+                    m.plugins.remove(&key);
+                } else {
+                    let mut e = entry.clone();
+                    e.files = left;
+                    m.plugins.insert(key, e);
+                }
+                outcomes.push((*ty, name.clone(), entry.version, errors));
+            }
+        }
+        if outcomes.is_empty() {
+            return;
+        }
+        let saved = self.book.save();
+        for (ty, name, version, errors) in outcomes {
+            if !errors.is_empty() {
+                self.fail(
+                    ty,
+                    &name,
+                    format!(
+                        "dropped from the registry, but cannot remove {}",
+                        errors.join(", ")
+                    ),
+                );
+            } else if let Err(e) = &saved {
+                self.fail(ty, &name, e.clone());
+            } else {
+                self.progress
+                    .line(&format!("removed   {ty}/{name} {version}"));
+                self.report
+                    .lock()
+                    .expect("report lock")
+                    .removed
+                    .push(PluginRef {
+                        plugin_type: ty,
+                        name,
+                        version,
+                    });
+            }
+            self.progress.inc();
+        }
+    }
+}
+
+/// What committing one staged plugin changes.
+struct Plan {
+    /// Its files after the commit.
+    new_files: Vec<String>,
+    /// The previous version's files that go.
+    old_only: Vec<String>,
+}
+
+/// Moves a group of staged plugins into place and records them (blocking),
+/// crash-safely: one manifest write marks every plugin of the group
+/// `pending` (listing its old and new files) before its first file is
+/// renamed into place, and one more records them installed once their old
+/// files are gone. Returns each plugin's result, in order.
+fn commit(book: &Book, root: &Path, group: &[Box<Ready>]) -> Vec<Result<(), String>> {
+    let mut results = Vec::with_capacity(group.len());
+    let mut plans = Vec::with_capacity(group.len());
+    {
+        let mut m = book.lock();
+        for r in group {
+            match plan(&m, root, r) {
+                Ok((plan, pending)) => {
+                    m.plugins.insert(pending.key(), pending);
+                    plans.push(Some(plan));
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    plans.push(None);
+                    results.push(Err(e));
                 }
             }
         }
-
-        let mut union = old_files.clone();
-        for f in &new_files {
-            if !union.contains(f) {
-                union.push(f.clone());
+    }
+    if plans.iter().all(Option::is_none) {
+        return results;
+    }
+    if let Err(e) = book.save() {
+        for (result, plan) in results.iter_mut().zip(&plans) {
+            if plan.is_some() {
+                *result = Err(e.clone());
             }
         }
-        let mut entry = Entry {
-            plugin_type: ty,
-            name: meta.name.clone(),
-            version: meta.version.clone(),
-            sha256: meta.sha256.clone(),
-            so_file: meta.so_file.clone(),
-            shell_paras: meta.shell_paras.clone(),
-            files: union,
-            pending: true,
-        };
-        m.plugins.insert(key.clone(), entry.clone());
-        m.save(&self.manifest_path)?;
+        return results;
+    }
 
-        // New files first, then the previous version's other files go. Only a
-        // previous file that is in a new file's way (a file that became a
-        // directory, or the reverse) goes before it.
-        let mut removed: BTreeSet<&str> = BTreeSet::new();
-        for (rel, src) in &staged.files {
-            let in_the_way = old_only.iter().filter(|old| {
-                rel.starts_with(&format!("{old}/")) || old.starts_with(&format!("{rel}/"))
-            });
-            for old in in_the_way {
-                removed.insert(old);
-                remove_file_and_empty_dirs(&self.root, old).map_err(|e| {
-                    format!(
-                        "cannot remove the previous version's {old}: {e}; the next sync retries"
-                    )
-                })?;
+    let mut dirs = BTreeSet::new();
+    for ((r, plan), result) in group.iter().zip(&plans).zip(results.iter_mut()) {
+        if let Some(plan) = plan {
+            if let Err(e) = move_into_place(root, r, plan, &mut dirs) {
+                *result = Err(e);
             }
-            let dest = layout::under(&self.root, rel)?;
-            place(src, &dest).map_err(|e| {
-                format!(
-                    "cannot install {}: {e}; the next sync retries",
-                    dest.display()
-                )
-            })?;
         }
-        for old in old_only.iter().filter(|f| !removed.contains(f.as_str())) {
-            remove_file_and_empty_dirs(&self.root, old).map_err(|e| {
+    }
+    // The renames reach the disk before the manifest says they are done.
+    for dir in &dirs {
+        manifest::sync_dir(dir);
+    }
+
+    {
+        let mut m = book.lock();
+        for ((r, plan), result) in group.iter().zip(plans).zip(&results) {
+            let (Some(plan), Ok(())) = (plan, result) else {
+                continue;
+            };
+            let key = manifest::key(r.meta.plugin_type, &r.meta.name);
+            if let Some(e) = m.plugins.get_mut(&key) {
+                e.files = plan.new_files;
+                e.pending = false;
+                e.meta_etag = Some(r.etag.clone()).filter(|t| !t.is_empty());
+            }
+        }
+    }
+    if let Err(e) = book.save() {
+        for result in results.iter_mut().filter(|r| r.is_ok()) {
+            *result = Err(e.clone());
+        }
+    }
+    results
+}
+
+/// Checks that a staged plugin may take its files' places, and returns the
+/// plan and its `pending` manifest entry.
+fn plan(m: &Manifest, root: &Path, r: &Ready) -> Result<(Plan, Entry), String> {
+    let meta = &r.meta;
+    let key = manifest::key(meta.plugin_type, &meta.name);
+    let old_files: Vec<String> = m
+        .plugins
+        .get(&key)
+        .map(|e| e.files.clone())
+        .unwrap_or_default();
+    let new_files: Vec<String> = r.files.iter().map(|(rel, _)| rel.clone()).collect();
+    let old_only: Vec<String> = old_files
+        .iter()
+        .filter(|f| !new_files.contains(f))
+        .cloned()
+        .collect();
+
+    // Never take over a file that someone else put there.
+    let owners = m.owners();
+    for rel in &new_files {
+        match owners.get(rel.as_str()) {
+            Some(owner) if *owner != key => {
+                return Err(format!(
+                    "{rel} belongs to plugin {owner} on this node; nothing installed"
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let dest = layout::under(root, rel)?;
+                let Ok(md) = dest.symlink_metadata() else {
+                    continue;
+                };
+                // A directory of the previous version's files that becomes a file is fine.
+                let ours = md.is_dir() && {
+                    let inside = files_under(&dest);
+                    !inside.is_empty()
+                        && inside
+                            .iter()
+                            .all(|f| old_only.contains(&format!("{rel}/{f}")))
+                };
+                if !ours {
+                    return Err(format!(
+                        "{} exists but was not installed by kuiper-node (placed by hand?); it is left alone and the plugin is not installed",
+                        dest.display()
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut union = old_files;
+    for f in &new_files {
+        if !union.contains(f) {
+            union.push(f.clone());
+        }
+    }
+    let pending = Entry {
+        plugin_type: meta.plugin_type,
+        name: meta.name.clone(),
+        version: meta.version.clone(),
+        sha256: meta.sha256.clone(),
+        so_file: meta.so_file.clone(),
+        shell_paras: meta.shell_paras.clone(),
+        files: union,
+        pending: true,
+        meta_etag: None,
+    };
+    Ok((
+        Plan {
+            new_files,
+            old_only,
+        },
+        pending,
+    ))
+}
+
+/// Renames a staged plugin's files into place, then removes the previous
+/// version's other files. Only a previous file that is in a new file's way
+/// (a file that became a directory, or the reverse) goes before it. Adds the
+/// directories it renamed into to `dirs`.
+fn move_into_place(
+    root: &Path,
+    r: &Ready,
+    plan: &Plan,
+    dirs: &mut BTreeSet<PathBuf>,
+) -> Result<(), String> {
+    let mut removed: BTreeSet<&str> = BTreeSet::new();
+    for (rel, src) in &r.files {
+        let in_the_way = plan.old_only.iter().filter(|old| {
+            rel.starts_with(&format!("{old}/")) || old.starts_with(&format!("{rel}/"))
+        });
+        for old in in_the_way {
+            removed.insert(old);
+            remove_file_and_empty_dirs(root, old).map_err(|e| {
                 format!("cannot remove the previous version's {old}: {e}; the next sync retries")
             })?;
         }
-
-        entry.files = new_files;
-        entry.pending = false;
-        m.plugins.insert(key, entry);
-        m.save(&self.manifest_path)
-    }
-
-    /// Removes an installed plugin's files as the manifest lists them and reports it.
-    fn remove_and_report(&self, ty: PluginType, name: &str) {
-        let key = manifest::key(ty, name);
-        let mut m = self.manifest.lock().expect("manifest lock");
-        let Some(entry) = m.plugins.get(&key).cloned() else {
-            return;
-        };
-        let mut left = Vec::new();
-        let mut errors = Vec::new();
-        for f in &entry.files {
-            if let Err(e) = remove_file_and_empty_dirs(&self.root, f) {
-                errors.push(format!("{f}: {e}"));
-                left.push(f.clone());
-            }
-        }
-        let saved = if left.is_empty() {
-            m.plugins.remove(&key);
-            m.save(&self.manifest_path)
-        } else {
-            let mut e = entry.clone();
-            e.files = left;
-            m.plugins.insert(key, e);
-            m.save(&self.manifest_path)
-        };
-        drop(m);
-        if !errors.is_empty() {
-            self.fail(
-                ty,
-                name,
-                format!(
-                    "dropped from the registry, but cannot remove {}",
-                    errors.join(", ")
-                ),
-            );
-        } else if let Err(e) = saved {
-            self.fail(ty, name, e);
-        } else {
-            self.progress
-                .line(&format!("removed   {ty}/{name} {}", entry.version));
-            self.report
-                .lock()
-                .expect("report lock")
-                .removed
-                .push(PluginRef {
-                    plugin_type: ty,
-                    name: name.to_string(),
-                    version: entry.version,
-                });
+        let dest = layout::under(root, rel)?;
+        place(src, &dest).map_err(|e| {
+            format!(
+                "cannot install {}: {e}; the next sync retries",
+                dest.display()
+            )
+        })?;
+        if let Some(parent) = dest.parent() {
+            dirs.insert(parent.to_path_buf());
         }
     }
+    for old in plan
+        .old_only
+        .iter()
+        .filter(|f| !removed.contains(f.as_str()))
+    {
+        remove_file_and_empty_dirs(root, old).map_err(|e| {
+            format!("cannot remove the previous version's {old}: {e}; the next sync retries")
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks metadata read from the store before anything is downloaded.
@@ -574,6 +872,12 @@ fn check_meta(ty: PluginType, name: &str, meta: &PluginMeta) -> Result<(), Strin
         return Err(format!(
             "metadata has an invalid sha256 {:?}; skipped",
             meta.sha256
+        ));
+    }
+    if !keys::is_blob_key(&meta.blob) {
+        return Err(format!(
+            "metadata names an invalid zip key {:?}; skipped",
+            meta.blob
         ));
     }
     if match_library(name, &meta.so_file).is_none() || meta.so_file.contains('/') {
@@ -603,30 +907,52 @@ fn check_meta(ty: PluginType, name: &str, meta: &PluginMeta) -> Result<(), Strin
 fn stage(
     meta: &PluginMeta,
     dir: &Path,
-    zip_path: &Path,
+    download: &Download,
     limits: &ZipLimits,
     arch: &str,
 ) -> Result<Staged, String> {
-    let (sha256, size) =
-        hash_file(zip_path).map_err(|e| format!("cannot read the download: {e}"))?;
+    let (sha256, size) = match download {
+        Download::Memory(zip) => (hex::encode(Sha256::digest(zip)), zip.len() as u64),
+        Download::File(path) => {
+            hash_file(path).map_err(|e| format!("cannot read the download: {e}"))?
+        }
+    };
     if sha256 != meta.sha256 || size != meta.size {
         return Err(format!(
             "sha256 mismatch: the store's zip {} has sha256 {sha256} ({size} bytes), the metadata says {} ({} bytes); nothing installed",
-            keys::blob(&meta.sha256),
+            meta.blob,
             meta.sha256,
             meta.size
         ));
     }
-    let file = File::open(zip_path).map_err(|e| format!("cannot open the download: {e}"))?;
+    match download {
+        Download::Memory(zip) => {
+            check_and_extract(meta, dir, || Ok(Cursor::new(zip.as_ref())), limits, arch)
+        }
+        Download::File(path) => check_and_extract(
+            meta,
+            dir,
+            || File::open(path).map(io::BufReader::new),
+            limits,
+            arch,
+        ),
+    }
+}
+
+/// Checks a verified zip again with [`inspect_zip`] against the metadata and
+/// the node, then extracts the listed entries into `dir` (blocking). `open`
+/// gives a new reader of the zip each time it is called.
+fn check_and_extract<R: Read + Seek>(
+    meta: &PluginMeta,
+    dir: &Path,
+    open: impl Fn() -> io::Result<R>,
+    limits: &ZipLimits,
+    arch: &str,
+) -> Result<Staged, String> {
+    let reader = open().map_err(|e| format!("cannot open the download: {e}"))?;
     let ty = meta.plugin_type;
-    let info = inspect_zip(
-        io::BufReader::new(file),
-        ty,
-        &meta.name,
-        &meta.shell_paras,
-        limits,
-    )
-    .map_err(|e| format!("the zip fails the node's check: {e}; nothing installed"))?;
+    let info = inspect_zip(reader, ty, &meta.name, &meta.shell_paras, limits)
+        .map_err(|e| format!("the zip fails the node's check: {e}; nothing installed"))?;
     if info.so_file != meta.so_file {
         return Err(format!(
             "the zip's library is {}, the metadata says {}; nothing installed",
@@ -648,10 +974,9 @@ fn stage(
         }
     }
 
-    let mut zip = zip::ZipArchive::new(io::BufReader::new(
-        File::open(zip_path).map_err(|e| format!("cannot open the download: {e}"))?,
-    ))
-    .map_err(|e| format!("cannot read the zip: {e}"))?;
+    let mut zip =
+        zip::ZipArchive::new(open().map_err(|e| format!("cannot open the download: {e}"))?)
+            .map_err(|e| format!("cannot read the zip: {e}"))?;
     let files_dir = dir.join("files");
     let install_dir = dir.join("install");
     fs::create_dir_all(&files_dir)
@@ -721,7 +1046,7 @@ fn extract(reader: &mut impl Read, dest: &Path, size: u64, mode: u32) -> io::Res
 
 /// Renames `src` to `dest` (replacing the directory entry, never writing into
 /// an existing file). Across file systems, copies to a hidden temporary name
-/// next to `dest` first.
+/// next to `dest` first. The caller flushes `dest`'s directory.
 fn place(src: &Path, dest: &Path) -> io::Result<()> {
     let parent = dest
         .parent()
@@ -746,7 +1071,6 @@ fn place(src: &Path, dest: &Path) -> io::Result<()> {
         }
         Err(e) => return Err(e),
     }
-    manifest::sync_dir(parent);
     Ok(())
 }
 

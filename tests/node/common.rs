@@ -14,6 +14,7 @@ use kuiper_registry::config::ServiceConfig;
 use kuiper_registry::server::build_app;
 use kuiper_registry::store::local::LocalStore;
 use kuiper_registry::store::s3::{S3Settings, S3Store};
+use kuiper_registry::store::Store as _;
 use serde_json::{json, Value};
 use tokio::process::Command;
 
@@ -197,6 +198,50 @@ impl Env {
             Some(s3) => s3.bucket_dir().join("registry").join(key),
             None => self.tmp.path().join("store").join(key),
         }
+    }
+
+    /// The local store's directory (`None` for S3).
+    pub fn local_store_dir(&self) -> Option<PathBuf> {
+        self.s3.is_none().then(|| self.tmp.path().join("store"))
+    }
+
+    /// The S3 store as the node opens it (`None` for the local store).
+    pub async fn s3_store(&self) -> Option<S3Store> {
+        let s3 = self.s3.as_ref()?;
+        Some(
+            S3Store::new(S3Settings {
+                bucket: s3.bucket().to_string(),
+                prefix: "registry".into(),
+                endpoint: Some(s3.endpoint().to_string()),
+                region: Some(REGION.into()),
+                credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+            })
+            .await,
+        )
+    }
+
+    /// Whether the S3 store's listing of `plugins/` carries the entity tags of
+    /// the metadata objects (AWS S3 and MinIO list them). A node reads no
+    /// metadata of unchanged plugins only then.
+    pub async fn listing_has_tags(&self) -> bool {
+        let Some(store) = self.s3_store().await else {
+            return false;
+        };
+        let listed = store.list("plugins/").await.expect("list plugins/");
+        !listed.is_empty() && listed.iter().all(|l| l.etag.is_some())
+    }
+
+    /// Where the store keeps the zip of plugin `name` of `ty`: the key its
+    /// stored metadata names in `blob`.
+    pub fn blob_path(&self, ty: &str, name: &str) -> PathBuf {
+        let meta_path = self.object_path(&format!("plugins/{ty}/{name}.json"));
+        let meta: Value = serde_json::from_slice(
+            &std::fs::read(&meta_path)
+                .unwrap_or_else(|e| panic!("read {}: {e}", meta_path.display())),
+        )
+        .expect("stored metadata is JSON");
+        let key = meta["blob"].as_str().expect("metadata names its zip");
+        self.object_path(key)
     }
 
     /// Publishes plugin `name` of `ty` from `zip`, with extra request fields; asserts 201.

@@ -9,6 +9,7 @@ mod common;
 
 mod abi;
 mod crash;
+mod incremental;
 mod lifecycle;
 mod ownership;
 mod scripts;

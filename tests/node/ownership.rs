@@ -107,7 +107,7 @@ async fn unusable_store_removes_nothing(env: Env) {
         "a node never creates a store"
     );
 
-    // An S3 outage while listing: each type fails, nothing is removed.
+    // An S3 outage while listing: the sync fails, nothing is removed.
     if let Some(s3) = &env.s3 {
         s3.fail_with(Some(503));
         let run = env.sync(&[]).await;

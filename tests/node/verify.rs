@@ -19,7 +19,7 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
         .as_str()
         .unwrap()
         .to_string();
-    let blob = env.object_path(&format!("blobs/sha256/{sha}.zip"));
+    let blob = env.blob_path("sinks", "print");
     std::fs::write(&blob, so_zip("Print.so", lib("echo"))).unwrap();
 
     let run = env.run_once(&[]).await;
