@@ -94,7 +94,10 @@ async fn spawn(bin: &str, envs: &[(&str, String)]) -> (Proc, Duration) {
         .env("KUIPER_ALLOW_PRIVATE_NETWORK", "true")
         .env("KUIPER_DOWNLOAD_TIMEOUT_SECS", "600")
         .env("KUIPER_READ_TIMEOUT_SECS", "60")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("PERF_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);

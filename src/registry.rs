@@ -351,6 +351,7 @@ impl<S: Store> Registry<S> {
         // nothing points at it until the metadata is written.
         let blob = keys::blob(&uuid::Uuid::new_v4().simple().to_string());
         let (tx, rx) = mpsc::channel::<UploadChunk>(8);
+        let started = std::time::Instant::now();
         let fetch_and_check = async move {
             let download = self
                 .fetcher
@@ -360,9 +361,16 @@ impl<S: Store> Registry<S> {
                     uri: given.to_string(),
                     source,
                 })?;
+            let downloaded = started.elapsed();
             let info = self
                 .check_download(&download, ty, name, shell_paras)
                 .await?;
+            tracing::debug!(
+                bytes = download.size,
+                download_ms = downloaded.as_millis() as u64,
+                checked_ms = started.elapsed().as_millis() as u64,
+                "zip downloaded and checked"
+            );
             tx.send(UploadChunk::End)
                 .await
                 .map_err(|_| RegistryError::Internal("the upload stopped".into()))?;
@@ -388,6 +396,11 @@ impl<S: Store> Registry<S> {
                 return Err(if upload_stopped { store.into() } else { e });
             }
         };
+        tracing::debug!(
+            key = %blob,
+            stored_ms = started.elapsed().as_millis() as u64,
+            "zip stored"
+        );
         Ok(Staged {
             blob,
             sha256: download.sha256,

@@ -203,6 +203,44 @@ async fn streams<S: Store>(s: &S) {
     );
     s.delete("uploads/a.zip").await.unwrap();
     s.delete("uploads/empty.zip").await.unwrap();
+
+    // With the size announced first (a single request on S3).
+    let sized = |data: Vec<u8>, announced: u64, end: bool| async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let feed = async move {
+            tx.send(UploadChunk::Size(announced)).await.unwrap();
+            for chunk in data.chunks(3 << 20) {
+                tx.send(UploadChunk::Data(Bytes::copy_from_slice(chunk)))
+                    .await
+                    .unwrap();
+            }
+            if end {
+                tx.send(UploadChunk::End).await.unwrap();
+            }
+        };
+        let (_, put) = tokio::join!(feed, s.put_stream("blobs/sized.zip", rx));
+        put
+    };
+    sized(data.clone(), data.len() as u64, true).await.unwrap();
+    assert_eq!(
+        &s.get("blobs/sized.zip").await.unwrap().unwrap().body[..],
+        &data[..]
+    );
+    s.delete("blobs/sized.zip").await.unwrap();
+    assert!(sized(data.clone(), data.len() as u64, false).await.is_err());
+    assert!(
+        s.get("blobs/sized.zip").await.unwrap().is_none(),
+        "a sized upload stopped before End stores nothing"
+    );
+    sized(Vec::new(), 0, true).await.unwrap();
+    assert!(s
+        .get("blobs/sized.zip")
+        .await
+        .unwrap()
+        .unwrap()
+        .body
+        .is_empty());
+    s.delete("blobs/sized.zip").await.unwrap();
 }
 
 async fn create_only_race<S: Store>(s: Arc<S>) {

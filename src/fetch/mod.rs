@@ -99,6 +99,14 @@ async fn feed_file(path: &Path, tx: &mpsc::Sender<UploadChunk>) -> Result<(), Fe
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| FetchError::Local(e.to_string()))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| FetchError::Local(e.to_string()))?
+        .len();
+    tx.send(UploadChunk::Size(len))
+        .await
+        .map_err(|_| FetchError::Local("the upload stopped".into()))?;
     loop {
         let mut buf = vec![0u8; 1 << 20];
         let n = file
@@ -189,8 +197,9 @@ impl Fetcher {
 
     /// Downloads `url` into a temporary file in `tmp_dir`, hashing it, and
     /// (when `tee` is given) passing each chunk on as it arrives, so that an
-    /// upload can run while the download does. `tee` gets data only, never
-    /// [`UploadChunk::End`]: the caller decides whether the upload commits.
+    /// upload can run while the download does. `tee` gets the announced size
+    /// (when there is one) and data, never [`UploadChunk::End`]: the caller
+    /// decides whether the upload commits.
     pub async fn download(
         &self,
         url: &Url,
@@ -262,6 +271,11 @@ impl Fetcher {
         let announced = resp.content_length();
         if announced.is_some_and(|n| n > limit) {
             return Err(FetchError::TooLarge(limit));
+        }
+        if let (Some(tx), Some(n)) = (tee, announced) {
+            tx.send(UploadChunk::Size(n))
+                .await
+                .map_err(|_| FetchError::Local("the upload stopped".into()))?;
         }
         let (std_file, path) = tmp.into_parts();
         let mut file = tokio::fs::File::from_std(std_file);

@@ -219,6 +219,7 @@ impl Store for LocalStore {
                         .await
                         .map_err(io_err)?;
                 }
+                Some(UploadChunk::Size(_)) => {}
                 Some(UploadChunk::End) => break,
                 // Closed without End: aborted; the temporary file is removed on drop.
                 None => return Err(StoreError::Other("upload aborted".into())),

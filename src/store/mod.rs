@@ -45,6 +45,9 @@ pub struct Listed {
 /// A piece of a streamed upload ([`Store::put_stream`]).
 #[derive(Debug, Clone)]
 pub enum UploadChunk {
+    /// The exact number of bytes that will follow, when the source announced
+    /// it; sent before any data. A backend may then upload in one request.
+    Size(u64),
     /// More bytes.
     Data(Bytes),
     /// Everything was sent and may be committed.
@@ -106,8 +109,10 @@ pub trait Store: Send + Sync + 'static {
         path: &Path,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Uploads what arrives on `chunks` to `key` (multipart on S3, a few parts
-    /// in flight while the next fills), holding a bounded amount in memory. The upload completes only when
+    /// Uploads what arrives on `chunks` to `key`, holding a bounded amount in
+    /// memory (on S3: one PutObject whose last bytes are held back until
+    /// `End` when a [`UploadChunk::Size`] came first, a multipart upload
+    /// otherwise). The upload completes only when
     /// [`UploadChunk::End`] arrives; if the channel closes before that, it is
     /// aborted and nothing is stored.
     fn put_stream(

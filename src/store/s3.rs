@@ -116,12 +116,88 @@ impl S3Store {
     }
 }
 
+/// The largest streamed upload sent as one PutObject (S3's limit is 5 GiB).
+const MAX_SINGLE_PUT: u64 = 5 << 30;
+
+/// The body of a single-request streamed upload: passes chunks on, keeping
+/// the latest one back until `End` arrives; fails (so the request fails and
+/// nothing is stored) when the channel closes without `End` or the byte
+/// count differs from the announced size.
+struct HeldBackBody {
+    chunks: tokio::sync::mpsc::Receiver<UploadChunk>,
+    held: Option<Bytes>,
+    remaining: u64,
+    finished: bool,
+}
+
+impl HeldBackBody {
+    fn new(chunks: tokio::sync::mpsc::Receiver<UploadChunk>, size: u64) -> Self {
+        HeldBackBody {
+            chunks,
+            held: None,
+            remaining: size,
+            finished: false,
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> std::io::Error {
+        self.finished = true;
+        self.held = None;
+        std::io::Error::other(why.to_string())
+    }
+}
+
+impl http_body::Body for HeldBackBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        loop {
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(self.chunks.poll_recv(cx)) {
+                Some(UploadChunk::Data(b)) if b.is_empty() => {}
+                Some(UploadChunk::Data(b)) => {
+                    let Some(rest) = self.remaining.checked_sub(b.len() as u64) else {
+                        return Poll::Ready(Some(Err(self.fail("more bytes than announced"))));
+                    };
+                    self.remaining = rest;
+                    if let Some(previous) = self.held.replace(b) {
+                        return Poll::Ready(Some(Ok(http_body::Frame::data(previous))));
+                    }
+                }
+                Some(UploadChunk::Size(_)) => {}
+                Some(UploadChunk::End) if self.remaining != 0 => {
+                    return Poll::Ready(Some(Err(self.fail("fewer bytes than announced"))));
+                }
+                Some(UploadChunk::End) => {
+                    self.finished = true;
+                    if let Some(last) = self.held.take() {
+                        return Poll::Ready(Some(Ok(http_body::Frame::data(last))));
+                    }
+                }
+                None => return Poll::Ready(Some(Err(self.fail("upload aborted")))),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let held = self.held.as_ref().map_or(0, |b| b.len() as u64);
+        http_body::SizeHint::with_exact(self.remaining + held)
+    }
+}
+
 /// Size of the parts of a streamed upload (S3's minimum is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 
-/// Parts of one streamed upload sent at once. With the part being filled,
-/// a streamed upload holds at most `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes.
-pub const PARTS_IN_FLIGHT: usize = 2;
+/// Parts of one streamed upload sent while the next one fills. A streamed
+/// upload holds at most `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes.
+pub const PARTS_IN_FLIGHT: usize = 1;
 
 impl S3Store {
     /// Uploads the parts of a multipart upload as chunks arrive; returns the
@@ -130,6 +206,7 @@ impl S3Store {
         &self,
         key: &str,
         upload_id: &str,
+        first: Option<UploadChunk>,
         chunks: &mut tokio::sync::mpsc::Receiver<UploadChunk>,
     ) -> Result<Vec<CompletedPart>, StoreError> {
         use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -140,6 +217,11 @@ impl S3Store {
         let mut buf = bytes::BytesMut::with_capacity(PART_SIZE);
         let mut next_number = 1;
         let mut end = false;
+        match first {
+            Some(UploadChunk::Data(b)) => buf.extend_from_slice(&b),
+            Some(UploadChunk::End) => end = true,
+            Some(UploadChunk::Size(_)) | None => {}
+        }
         loop {
             // Cut full parts (and the last one) from the buffer.
             while in_flight.len() < PARTS_IN_FLIGHT
@@ -158,6 +240,13 @@ impl S3Store {
                         .upload_id(upload_id)
                         .part_number(number)
                         .body(ByteStream::from(body))
+                        .customize()
+                        // A part in memory would otherwise be hashed for the
+                        // signature here and again by the server; streamed
+                        // uploads (put_file) are sent this way already. The
+                        // zip's SHA-256 is recorded from the download and
+                        // verified by every node before it installs anything.
+                        .disable_payload_signing()
                         .send()
                         .await
                         .map_err(|e| map_err("upload part", e))?;
@@ -178,6 +267,7 @@ impl S3Store {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => parts.push(done?),
                 chunk = chunks.recv(), if can_receive => match chunk {
                     Some(UploadChunk::Data(b)) => buf.extend_from_slice(&b),
+                    Some(UploadChunk::Size(_)) => {}
                     Some(UploadChunk::End) => end = true,
                     None => return Err(StoreError::Other("upload aborted".into())),
                 },
@@ -310,6 +400,28 @@ impl Store for S3Store {
         mut chunks: tokio::sync::mpsc::Receiver<UploadChunk>,
     ) -> Result<(), StoreError> {
         let full_key = self.key(key);
+        // With a known size, one PutObject: no parts to buffer and no
+        // server-side assembly. Its last bytes are held back until `End`, so
+        // an upload that must not commit never completes (S3 stores nothing
+        // from a PutObject whose body stops short).
+        let first = match chunks.recv().await {
+            Some(UploadChunk::Size(n)) if n <= MAX_SINGLE_PUT => {
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&full_key)
+                    .content_type("application/zip")
+                    .content_length(n as i64)
+                    .body(ByteStream::from_body_1_x(HeldBackBody::new(chunks, n)))
+                    .send()
+                    .await
+                    .map_err(|e| map_err("put object", e))?;
+                return Ok(());
+            }
+            Some(UploadChunk::Size(_)) => None,
+            Some(other) => Some(other),
+            None => return Err(StoreError::Other("upload aborted".into())),
+        };
         let created = self
             .client
             .create_multipart_upload()
@@ -323,7 +435,9 @@ impl Store for S3Store {
             .upload_id()
             .ok_or_else(|| StoreError::Other("no upload id".into()))?
             .to_string();
-        let result = self.upload_parts(&full_key, &upload_id, &mut chunks).await;
+        let result = self
+            .upload_parts(&full_key, &upload_id, first, &mut chunks)
+            .await;
         match result {
             Ok(parts) => {
                 let done = CompletedMultipartUpload::builder()
