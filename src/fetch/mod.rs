@@ -5,6 +5,7 @@
 pub mod policy;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -89,7 +90,9 @@ pub enum FetchError {
 /// Outbound HTTP client for downloads and callbacks.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    /// Built on first use: building it loads the system's trust store, which
+    /// would otherwise add milliseconds to every cold start.
+    client: Arc<OnceLock<Result<reqwest::Client, String>>>,
     settings: FetchSettings,
 }
 
@@ -162,32 +165,45 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Fetcher {
-    /// Builds the client. TLS certificates are verified; at most 3 redirects,
-    /// each checked against the address policy, as is every resolved address.
+    /// A fetcher; its client is built on first use. TLS certificates are
+    /// verified; at most 3 redirects, each checked against the address policy,
+    /// as is every resolved address.
     pub fn new(settings: FetchSettings) -> Result<Self, String> {
-        let policy = settings.policy.clone();
-        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > 3 {
-                return attempt.error("too many redirects (at most 3 are followed)");
-            }
-            match policy.check_url(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(reason) => {
-                    let url = attempt.url().to_string();
-                    attempt.error(RedirectRefused { url, reason })
-                }
-            }
-        });
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.read_timeout)
-            .redirect(redirects)
-            .dns_resolver(settings.policy.resolver())
-            .user_agent(concat!("kuiper-registry/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))?;
-        Ok(Fetcher { client, settings })
+        Ok(Fetcher {
+            client: Arc::new(OnceLock::new()),
+            settings,
+        })
+    }
+
+    /// The HTTP client, built the first time it is needed.
+    fn client(&self) -> Result<&reqwest::Client, FetchError> {
+        self.client
+            .get_or_init(|| {
+                let policy = self.settings.policy.clone();
+                let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() > 3 {
+                        return attempt.error("too many redirects (at most 3 are followed)");
+                    }
+                    match policy.check_url(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(reason) => {
+                            let url = attempt.url().to_string();
+                            attempt.error(RedirectRefused { url, reason })
+                        }
+                    }
+                });
+                reqwest::Client::builder()
+                    .connect_timeout(self.settings.connect_timeout)
+                    .read_timeout(self.settings.read_timeout)
+                    .redirect(redirects)
+                    .dns_resolver(self.settings.policy.resolver())
+                    .user_agent(concat!("kuiper-registry/", env!("CARGO_PKG_VERSION")))
+                    .no_proxy()
+                    .build()
+                    .map_err(|e| format!("cannot build the HTTP client: {}", error_chain(&e)))
+            })
+            .as_ref()
+            .map_err(|e| FetchError::Local(e.clone()))
     }
 
     /// The settings in force.
@@ -260,7 +276,7 @@ impl Fetcher {
             }
         };
         let mut resp = self
-            .client
+            .client()?
             .get(url.clone())
             .send()
             .await
@@ -396,7 +412,8 @@ impl Fetcher {
     pub async fn callback(&self, url: &Url) -> Result<(), String> {
         self.settings.policy.check_url(url)?;
         let resp = self
-            .client
+            .client()
+            .map_err(|e| e.to_string())?
             .get(url.clone())
             .timeout(self.settings.callback_timeout)
             .send()
