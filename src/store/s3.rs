@@ -7,6 +7,9 @@
 //! checksum headers still work.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
 
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
@@ -39,43 +42,59 @@ pub struct S3Settings {
 /// A store in an S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Store {
-    client: Client,
+    /// Built on first use: building it loads the AWS configuration and the
+    /// system's trust store, which would otherwise delay every cold start.
+    client: Arc<OnceCell<Client>>,
+    settings: Arc<S3Settings>,
     bucket: String,
     prefix: String,
 }
 
+/// Builds an S3 client from the environment plus `settings`.
+async fn build_client(settings: &S3Settings) -> Client {
+    let mut loader = aws_config::from_env();
+    if let Some(region) = &settings.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &settings.endpoint {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    if let Some((ak, sk)) = &settings.credentials {
+        loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
+    }
+    let shared = loader.load().await;
+    let custom_endpoint = settings.endpoint.is_some()
+        || shared.endpoint_url().is_some()
+        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+    let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if shared.region().is_none() {
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    if custom_endpoint {
+        builder = builder.force_path_style(true);
+    }
+    Client::from_conf(builder.build())
+}
+
 impl S3Store {
-    /// Builds the client from the environment plus `settings`.
+    /// A store configured from the environment plus `settings`; the client
+    /// is built (and the environment read) when the first request is made.
     pub async fn new(settings: S3Settings) -> Self {
-        let mut loader = aws_config::from_env();
-        if let Some(region) = &settings.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &settings.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        if let Some((ak, sk)) = &settings.credentials {
-            loader =
-                loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
-        }
-        let shared = loader.load().await;
-        let custom_endpoint = settings.endpoint.is_some()
-            || shared.endpoint_url().is_some()
-            || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if shared.region().is_none() {
-            builder = builder.region(Region::new("us-east-1"));
-        }
-        if custom_endpoint {
-            builder = builder.force_path_style(true);
-        }
         S3Store {
-            client: Client::from_conf(builder.build()),
-            bucket: settings.bucket,
-            prefix: settings.prefix,
+            client: Arc::new(OnceCell::new()),
+            bucket: settings.bucket.clone(),
+            prefix: settings.prefix.clone(),
+            settings: Arc::new(settings),
         }
+    }
+
+    /// The client, built the first time it is needed.
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| build_client(&self.settings))
+            .await
     }
 
     fn key(&self, key: &str) -> String {
@@ -102,7 +121,8 @@ impl S3Store {
         key: &str,
     ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StoreError> {
         match self
-            .client
+            .client()
+            .await
             .get_object()
             .bucket(&self.bucket)
             .key(self.key(key))
@@ -233,7 +253,8 @@ impl S3Store {
                 next_number += 1;
                 in_flight.push(async move {
                     let out = self
-                        .client
+                        .client()
+                        .await
                         .upload_part()
                         .bucket(&self.bucket)
                         .key(key)
@@ -330,7 +351,7 @@ impl Store for S3Store {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
+        match self.client().await.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) => Err(match status(&e) {
                 Some(404) => StoreError::Other(format!("bucket {} does not exist", self.bucket)),
@@ -363,7 +384,8 @@ impl Store for S3Store {
 
     async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
         let mut req = self
-            .client
+            .client()
+            .await
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(key))
@@ -382,7 +404,8 @@ impl Store for S3Store {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| StoreError::Other(format!("read {}: {e}", path.display())))?;
-        self.client
+        self.client()
+            .await
             .put_object()
             .bucket(&self.bucket)
             .key(self.key(key))
@@ -406,7 +429,8 @@ impl Store for S3Store {
         // from a PutObject whose body stops short).
         let first = match chunks.recv().await {
             Some(UploadChunk::Size(n)) if n <= MAX_SINGLE_PUT => {
-                self.client
+                self.client()
+                    .await
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&full_key)
@@ -423,7 +447,8 @@ impl Store for S3Store {
             None => return Err(StoreError::Other("upload aborted".into())),
         };
         let created = self
-            .client
+            .client()
+            .await
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&full_key)
@@ -443,7 +468,8 @@ impl Store for S3Store {
                 let done = CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
                     .build();
-                self.client
+                self.client()
+                    .await
                     .complete_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&full_key)
@@ -456,7 +482,8 @@ impl Store for S3Store {
             }
             Err(e) => {
                 let _ = self
-                    .client
+                    .client()
+                    .await
                     .abort_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&full_key)
@@ -493,7 +520,8 @@ impl Store for S3Store {
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         match self
-            .client
+            .client()
+            .await
             .head_object()
             .bucket(&self.bucket)
             .key(self.key(key))
@@ -508,7 +536,8 @@ impl Store for S3Store {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self
-            .client
+            .client()
+            .await
             .delete_object()
             .bucket(&self.bucket)
             .key(self.key(key))
@@ -523,7 +552,8 @@ impl Store for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let mut pages = self
-            .client
+            .client()
+            .await
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(self.key(prefix))
