@@ -96,9 +96,14 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
             (server::build_app(s.clone(), &config)?, s.location(), probe)
         }
     };
-    // The service runs until it stops or the probe fails.
+    // The service runs until it stops or the probe fails. The probe is a
+    // task of its own, so that building the client (which reads the trust
+    // store) does not hold up the first requests.
+    let probe = tokio::spawn(probe);
     let probe = async move {
-        probe.await?;
+        probe
+            .await
+            .map_err(|e| format!("the store probe failed: {e}"))??;
         std::future::pending::<Result<(), String>>().await
     };
     if lambda {
