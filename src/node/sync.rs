@@ -11,8 +11,10 @@
 //! metadata's SHA-256, checked again with [`inspect_zip`], extracted into
 //! `{root}/.kuiper-node/tmp/` (only the entries the metadata lists),
 //! optionally prepared by `install.sh`, and only then renamed into place.
-//! Up to [`SyncOptions::jobs`] plugins are downloaded and staged at once,
-//! while one committer moves the staged ones into place, a group at a time.
+//! Metadata is read ahead (four reads per download
+//! slot); up to [`SyncOptions::jobs`] plugins are downloaded and staged at
+//! once, while one committer moves the staged ones into place, a group at a
+//! time.
 //! Plugins the manifest lists but the store no longer has are removed, file
 //! by file, as the manifest lists them.
 //!
@@ -23,11 +25,14 @@
 //! that the next sync installs again (and, if a plugin was dropped meanwhile,
 //! removes file by file). Half-written files only ever exist under
 //! `.kuiper-node/tmp/`, which every sync empties first, and never with a `.so`
-//! name in `plugins/`.
+//! name in `plugins/`. Staged files start being written to disk as soon as
+//! they are extracted, and the committer flushes the file system once per
+//! group before the first rename (and once after the renames), so that after
+//! a power loss too a library in `plugins/` is whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Cursor, Read, Seek};
+use std::io::{self, Cursor, Read, Seek, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -38,7 +43,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::layout::{self, Placement, STATE_DIR};
 use super::manifest::{self, Entry, Manifest};
@@ -50,10 +55,20 @@ use crate::store::{keys, Listed, Store};
 /// Where every type's metadata is: listed once per sync.
 const PLUGINS_PREFIX: &str = "plugins/";
 
-/// Zips up to this size are downloaded into memory (at most
-/// [`SyncOptions::jobs`] at once) and never written to disk whole; larger
-/// ones are streamed to a file.
-const IN_MEMORY_MAX: u64 = 4 << 20;
+/// Most bytes of zips held in memory at once. A zip that fits in what is left
+/// of it (and is at most [`IN_MEMORY_MAX`]) is downloaded into memory, hashed
+/// and extracted from there, and never written to disk whole; the others
+/// are streamed to a file under `.kuiper-node/tmp/` first.
+const MEMORY_BUDGET: usize = 64 << 20;
+
+/// Largest zip downloaded into memory.
+const IN_MEMORY_MAX: u64 = 16 << 20;
+
+/// The write size when extracting.
+const EXTRACT_BUFFER: usize = 256 << 10;
+
+/// Metadata objects read at once, per download slot ([`SyncOptions::jobs`]).
+const METADATA_READS_PER_JOB: usize = 4;
 
 /// Most staged plugins moved into place with one pair of manifest writes.
 const GROUP_MAX: usize = 64;
@@ -109,14 +124,23 @@ enum Outcome {
     Unchanged(String),
 }
 
-/// What reading a plugin's metadata (and staging it) came to.
-enum Prepared {
-    /// Nothing to move into place.
+/// What reading a plugin's metadata came to.
+enum MetaRead {
+    /// Nothing to download.
     Done(Outcome),
     /// The metadata disappeared between listing and reading it; handled.
     Gone,
-    /// Staged: the committer moves it into place.
-    Ready(Box<Ready>),
+    /// To be downloaded and staged.
+    Fetch(Box<Fetch>),
+}
+
+/// A plugin to download, from the metadata just read.
+struct Fetch {
+    meta: PluginMeta,
+    /// The metadata's entity tag.
+    etag: String,
+    /// Whether the node had a version of it before.
+    existed: bool,
 }
 
 /// A plugin whose files are staged under `.kuiper-node/tmp/`.
@@ -171,6 +195,8 @@ struct Ctx<'a, S> {
     root: PathBuf,
     tmp: PathBuf,
     book: Arc<Book>,
+    /// [`MEMORY_BUDGET`], in bytes.
+    memory: Arc<Semaphore>,
     report: Mutex<Report>,
     progress: &'a Progress,
 }
@@ -243,6 +269,7 @@ pub async fn sync<S: Store>(
             writing: Mutex::new(()),
             dirty: AtomicBool::new(false),
         }),
+        memory: Arc::new(Semaphore::new(MEMORY_BUDGET)),
         report: Mutex::new(Report::default()),
         progress,
     };
@@ -306,8 +333,11 @@ impl Drop for WorkDir {
 
 /// A downloaded zip.
 enum Download {
-    /// Small zips are kept in memory.
-    Memory(Bytes),
+    /// Small zips are kept in memory, holding their share of [`MEMORY_BUDGET`].
+    Memory {
+        zip: Bytes,
+        _budget: OwnedSemaphorePermit,
+    },
     /// Larger ones are streamed to a file.
     File(PathBuf),
 }
@@ -397,26 +427,42 @@ impl<S: Store> Ctx<'_, S> {
             }
         }
 
+        // Metadata objects are small and reading one is mostly waiting: they
+        // are read further ahead than the zips are downloaded, so that a
+        // download slot never waits for a metadata read.
         let jobs = self.opts.jobs.max(1);
-        let (ready_tx, ready_rx) = mpsc::channel::<Box<Ready>>(jobs);
+        let reads = jobs.saturating_mul(METADATA_READS_PER_JOB);
+        // Unbounded: a staged plugin holds only paths (its files are on
+        // disk), and a download slot must not wait while the committer
+        // waits for the disk.
+        let (ready_tx, ready_rx) = mpsc::unbounded_channel::<Box<Ready>>();
         let prepare_all = async move {
             stream::iter(to_read)
-                .for_each_concurrent(jobs, |(ty, name)| {
+                .map(|(ty, name)| async move {
+                    let read = self.read_meta(ty, &name).await;
+                    (ty, name, read)
+                })
+                .buffer_unordered(reads)
+                .for_each_concurrent(jobs, |(ty, name, read)| {
                     let ready_tx = ready_tx.clone();
                     async move {
-                        match self.prepare(ty, &name).await {
+                        let staged = match read {
+                            Ok(MetaRead::Fetch(fetch)) => self.fetch(ty, &name, *fetch).await,
+                            Ok(MetaRead::Done(outcome)) => {
+                                self.done(ty, &name, outcome);
+                                return self.progress.inc();
+                            }
+                            Ok(MetaRead::Gone) => return self.progress.inc(),
+                            Err(e) => Err(e),
+                        };
+                        match staged {
                             // The committer reports it.
-                            Ok(Prepared::Ready(ready)) => {
-                                if ready_tx.send(ready).await.is_err() {
+                            Ok(ready) => {
+                                if ready_tx.send(ready).is_err() {
                                     self.fail(ty, &name, "staged, but not installed".into());
                                     self.progress.inc();
                                 }
                             }
-                            Ok(Prepared::Done(outcome)) => {
-                                self.done(ty, &name, outcome);
-                                self.progress.inc();
-                            }
-                            Ok(Prepared::Gone) => self.progress.inc(),
                             Err(e) => {
                                 self.fail(ty, &name, e);
                                 self.progress.inc();
@@ -451,7 +497,7 @@ impl<S: Store> Ctx<'_, S> {
 
     /// Moves staged plugins into place as they arrive, a group at a time, and
     /// reports them.
-    async fn committer(&self, mut ready: mpsc::Receiver<Box<Ready>>) {
+    async fn committer(&self, mut ready: mpsc::UnboundedReceiver<Box<Ready>>) {
         let mut group = Vec::new();
         while ready.recv_many(&mut group, GROUP_MAX).await > 0 {
             let plugins: Vec<(PluginType, String, String, bool)> = group
@@ -465,12 +511,13 @@ impl<S: Store> Ctx<'_, S> {
                     )
                 })
                 .collect();
-            let (book, root, staged) = (
+            let (book, root, tmp, staged) = (
                 Arc::clone(&self.book),
                 self.root.clone(),
+                self.tmp.clone(),
                 std::mem::take(&mut group),
             );
-            let results = tokio::task::spawn_blocking(move || commit(&book, &root, &staged))
+            let results = tokio::task::spawn_blocking(move || commit(&book, &root, &tmp, &staged))
                 .await
                 .unwrap_or_else(|e| vec![Err(format!("installing failed: {e}")); plugins.len()]);
             for ((ty, name, version, existed), result) in plugins.into_iter().zip(results) {
@@ -484,8 +531,8 @@ impl<S: Store> Ctx<'_, S> {
         }
     }
 
-    /// Reads the metadata and stages the plugin unless it is unchanged.
-    async fn prepare(&self, ty: PluginType, name: &str) -> Result<Prepared, String> {
+    /// Reads the metadata: is the plugin unchanged, or to be downloaded?
+    async fn read_meta(&self, ty: PluginType, name: &str) -> Result<MetaRead, String> {
         validate_name(name)
             .map_err(|e| format!("the store lists a plugin with an {e}; skipped"))?;
         let meta_key = keys::plugin(ty, name);
@@ -497,7 +544,7 @@ impl<S: Store> Ctx<'_, S> {
         let Some(obj) = obj else {
             // Deleted since it was listed.
             self.remove_and_report(&[(ty, name.to_string())]);
-            return Ok(Prepared::Gone);
+            return Ok(MetaRead::Gone);
         };
         let meta: PluginMeta = serde_json::from_slice(&obj.body)
             .map_err(|e| format!("metadata {meta_key} is unreadable: {e}"))?;
@@ -519,9 +566,23 @@ impl<S: Store> Ctx<'_, S> {
                         self.book.dirty.store(true, Ordering::SeqCst);
                     }
                 }
-                return Ok(Prepared::Done(Outcome::Unchanged(prev.version.clone())));
+                return Ok(MetaRead::Done(Outcome::Unchanged(prev.version.clone())));
             }
         }
+        Ok(MetaRead::Fetch(Box::new(Fetch {
+            meta,
+            etag,
+            existed: previous.is_some(),
+        })))
+    }
+
+    /// Downloads, verifies and stages a plugin (running its `install.sh`).
+    async fn fetch(&self, ty: PluginType, name: &str, fetch: Fetch) -> Result<Box<Ready>, String> {
+        let Fetch {
+            meta,
+            etag,
+            existed,
+        } = fetch;
 
         if meta.arch != self.opts.arch {
             return Err(format!(
@@ -545,14 +606,20 @@ impl<S: Store> Ctx<'_, S> {
                 meta.blob
             )
         };
-        let download = if meta.size <= IN_MEMORY_MAX {
+        let in_memory = (meta.size <= IN_MEMORY_MAX)
+            .then(|| Arc::clone(&self.memory).try_acquire_many_owned(meta.size.max(1) as u32))
+            .and_then(Result::ok);
+        let download = if let Some(permit) = in_memory {
             let zip = self
                 .store
                 .get(&meta.blob)
                 .await
                 .map_err(|e| format!("cannot download {}: {e}", meta.blob))?
                 .ok_or_else(missing)?;
-            Download::Memory(zip.body)
+            Download::Memory {
+                zip: zip.body,
+                _budget: permit,
+            }
         } else {
             let zip_path = work.0.join("download.zip");
             let found = self
@@ -565,7 +632,6 @@ impl<S: Store> Ctx<'_, S> {
             }
             Download::File(zip_path)
         };
-
         let staged = {
             let (meta, dir, limits, arch) = (
                 meta.clone(),
@@ -577,18 +643,17 @@ impl<S: Store> Ctx<'_, S> {
                 .await
                 .map_err(|e| format!("staging failed: {e}"))??
         };
-
         if let Some(dir) = &staged.install_dir {
             run_install_script(dir, &meta.shell_paras, self.opts.install_timeout).await?;
         }
 
-        Ok(Prepared::Ready(Box::new(Ready {
+        Ok(Box::new(Ready {
             meta,
             etag,
             files: staged.files,
-            existed: previous.is_some(),
+            existed,
             _work: work,
-        })))
+        }))
     }
 
     /// Removes installed plugins' files as the manifest lists them (one
@@ -667,7 +732,16 @@ struct Plan {
 /// `pending` (listing its old and new files) before its first file is
 /// renamed into place, and one more records them installed once their old
 /// files are gone. Returns each plugin's result, in order.
-fn commit(book: &Book, root: &Path, group: &[Box<Ready>]) -> Vec<Result<(), String>> {
+fn commit(book: &Book, root: &Path, tmp: &Path, group: &[Box<Ready>]) -> Vec<Result<(), String>> {
+    // The staged files reach the disk before any of them is renamed into
+    // place: one flush for the group rather than one per file.
+    if let Err(e) = flush_fs(tmp) {
+        let e = format!(
+            "cannot flush the staged files in {} to disk: {e}; nothing installed",
+            tmp.display()
+        );
+        return vec![Err(e); group.len()];
+    }
     let mut results = Vec::with_capacity(group.len());
     let mut plans = Vec::with_capacity(group.len());
     {
@@ -698,18 +772,16 @@ fn commit(book: &Book, root: &Path, group: &[Box<Ready>]) -> Vec<Result<(), Stri
         return results;
     }
 
-    let mut dirs = BTreeSet::new();
     for ((r, plan), result) in group.iter().zip(&plans).zip(results.iter_mut()) {
         if let Some(plan) = plan {
-            if let Err(e) = move_into_place(root, r, plan, &mut dirs) {
+            if let Err(e) = move_into_place(root, r, plan) {
                 *result = Err(e);
             }
         }
     }
-    // The renames reach the disk before the manifest says they are done.
-    for dir in &dirs {
-        manifest::sync_dir(dir);
-    }
+    // The renames reach the disk before the manifest says they are done
+    // (best effort, as a directory's flush is).
+    let _ = flush_fs(root);
 
     {
         let mut m = book.lock();
@@ -811,14 +883,8 @@ fn plan(m: &Manifest, root: &Path, r: &Ready) -> Result<(Plan, Entry), String> {
 
 /// Renames a staged plugin's files into place, then removes the previous
 /// version's other files. Only a previous file that is in a new file's way
-/// (a file that became a directory, or the reverse) goes before it. Adds the
-/// directories it renamed into to `dirs`.
-fn move_into_place(
-    root: &Path,
-    r: &Ready,
-    plan: &Plan,
-    dirs: &mut BTreeSet<PathBuf>,
-) -> Result<(), String> {
+/// (a file that became a directory, or the reverse) goes before it.
+fn move_into_place(root: &Path, r: &Ready, plan: &Plan) -> Result<(), String> {
     let mut removed: BTreeSet<&str> = BTreeSet::new();
     for (rel, src) in &r.files {
         let in_the_way = plan.old_only.iter().filter(|old| {
@@ -837,9 +903,6 @@ fn move_into_place(
                 dest.display()
             )
         })?;
-        if let Some(parent) = dest.parent() {
-            dirs.insert(parent.to_path_buf());
-        }
     }
     for old in plan
         .old_only
@@ -912,7 +975,7 @@ fn stage(
     arch: &str,
 ) -> Result<Staged, String> {
     let (sha256, size) = match download {
-        Download::Memory(zip) => (hex::encode(Sha256::digest(zip)), zip.len() as u64),
+        Download::Memory { zip, .. } => (hex::encode(Sha256::digest(zip)), zip.len() as u64),
         Download::File(path) => {
             hash_file(path).map_err(|e| format!("cannot read the download: {e}"))?
         }
@@ -926,13 +989,15 @@ fn stage(
         ));
     }
     match download {
-        Download::Memory(zip) => {
-            check_and_extract(meta, dir, || Ok(Cursor::new(zip.as_ref())), limits, arch)
+        Download::Memory { zip, .. } => {
+            let open = || Ok(Cursor::new(zip.as_ref()));
+            check_and_extract(meta, dir, open, Some(zip), limits, arch)
         }
         Download::File(path) => check_and_extract(
             meta,
             dir,
             || File::open(path).map(io::BufReader::new),
+            None,
             limits,
             arch,
         ),
@@ -941,11 +1006,14 @@ fn stage(
 
 /// Checks a verified zip again with [`inspect_zip`] against the metadata and
 /// the node, then extracts the listed entries into `dir` (blocking). `open`
-/// gives a new reader of the zip each time it is called.
+/// gives a new reader of the zip each time it is called; `whole` is the zip
+/// itself when it is in memory, so that stored entries are written from it
+/// as they are.
 fn check_and_extract<R: Read + Seek>(
     meta: &PluginMeta,
     dir: &Path,
     open: impl Fn() -> io::Result<R>,
+    whole: Option<&[u8]>,
     limits: &ZipLimits,
     arch: &str,
 ) -> Result<Staged, String> {
@@ -998,8 +1066,24 @@ fn check_and_extract<R: Read + Seek>(
         let mut entry = zip
             .by_name(&f.name)
             .map_err(|e| format!("cannot read {} from the zip: {e}", f.name))?;
-        extract(&mut entry, &dest, f.size, mode)
-            .map_err(|e| format!("cannot extract {}: {e}", f.name))?;
+        // A stored entry of a zip in memory is written from the zip's bytes:
+        // the very bytes whose checksum `inspect_zip` verified above.
+        let stored = whole
+            .filter(|_| {
+                entry.compression() == zip::CompressionMethod::Stored
+                    && !entry.encrypted()
+                    && entry.size() == f.size
+                    && entry.compressed_size() == f.size
+            })
+            .and_then(|bytes| {
+                let start = usize::try_from(entry.data_start()?).ok()?;
+                bytes.get(start..start.checked_add(usize::try_from(f.size).ok()?)?)
+            });
+        match stored {
+            Some(data) => create_with(&dest, mode, |out| out.write_all(data)),
+            None => extract(&mut entry, &dest, f.size, mode),
+        }
+        .map_err(|e| format!("cannot extract {}: {e}", f.name))?;
         match rel {
             Some(rel) => staged.files.push((rel, dest)),
             None => staged.install_dir = Some(install_dir.clone()),
@@ -1029,18 +1113,73 @@ fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 
 /// Writes exactly `size` bytes of `reader` to a new file `dest`, flushed to disk.
 fn extract(reader: &mut impl Read, dest: &Path, size: u64, mode: u32) -> io::Result<()> {
+    create_with(dest, mode, |out| {
+        // Large writes: `io::copy` reads straight into the writer's buffer.
+        let mut out = io::BufWriter::with_capacity(EXTRACT_BUFFER, out);
+        let copied = io::copy(&mut reader.take(size + 1), &mut out)?;
+        out.flush()?;
+        if copied != size {
+            return Err(io::Error::other(format!(
+                "expected {size} bytes, the zip holds {copied}"
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Creates the new file `dest` (never an existing one), fills it with
+/// `write` and sets its mode. The committer flushes it to disk ([`flush_fs`])
+/// before renaming it into place.
+fn create_with(
+    dest: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
     }
     let mut out = File::options().write(true).create_new(true).open(dest)?;
-    let copied = io::copy(&mut reader.take(size + 1), &mut out)?;
-    if copied != size {
-        return Err(io::Error::other(format!(
-            "expected {size} bytes, the zip holds {copied}"
-        )));
-    }
+    write(&mut out)?;
     out.set_permissions(fs::Permissions::from_mode(mode))?;
-    out.sync_all()?;
+    start_writeback(&out);
+    Ok(())
+}
+
+/// Starts writing a file's data to disk without waiting for it, so that the
+/// committer's flush ([`flush_fs`]) finds little left to write (best effort).
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: plain syscall on a descriptor the caller owns.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Flushes the file system holding `dir` to disk: the data of files written
+/// in it and the renames done there (blocking). One flush covers every file
+/// of a group of plugins, where flushing each file would wait for the disk
+/// once per file.
+fn flush_fs(dir: &Path) -> io::Result<()> {
+    let d = File::open(dir)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: plain syscall on a descriptor this function owns.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        drop(d);
+        // SAFETY: plain syscall.
+        unsafe { libc::sync() };
+    }
     Ok(())
 }
 
