@@ -410,9 +410,14 @@ async fn gc_command(envs: Vec<(&'static str, String)>, blobs_dir: std::path::Pat
     )
     .unwrap();
     assert_eq!(d["version"], "2", "the plugin is intact");
-    assert!(blobs_dir
-        .join(format!("{}.zip", d["sha256"].as_str().unwrap()))
-        .is_file());
+    assert!(
+        blobs_dir
+            .parent()
+            .unwrap()
+            .join(d["blob"].as_str().unwrap())
+            .is_file(),
+        "the zip the plugin points at is kept"
+    );
 }
 
 #[tokio::test]
