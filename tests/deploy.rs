@@ -1137,14 +1137,19 @@ fn template_routes_cover_the_route_table_and_nothing_else() {
 }
 
 /// The IAM actions the S3 store needs: every S3 operation `src/store/s3.rs`
-/// calls on its client (`client.get_object()`, ...), mapped to its actions.
+/// calls on its client (`client().await.get_object()`, ...), mapped to its actions.
 fn s3_store_actions() -> BTreeSet<&'static str> {
     let source = read("src/store/s3.rs");
     let mut ops = BTreeSet::new();
     let mut rest = source.as_str();
     while let Some(i) = rest.find("client") {
         rest = &rest[i + "client".len()..];
-        let after = rest.trim_start();
+        // `client.op()` or, with the lazily built client, `client().await.op()`.
+        let mut after = rest.trim_start();
+        if let Some(a) = after.strip_prefix("()") {
+            after = a.trim_start();
+            after = after.strip_prefix(".await").unwrap_or(after).trim_start();
+        }
         if let Some(call) = after.strip_prefix('.') {
             let name: String = call
                 .chars()
