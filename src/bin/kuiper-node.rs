@@ -114,8 +114,9 @@ fn exit_code(report: &Report) -> ExitCode {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    node::keep_freed_memory();
     let cli = Cli::parse();
     let (common, load, once) = match &cli.command {
         Command::Sync(c) => (c, false, true),
@@ -156,6 +157,7 @@ async fn main() -> ExitCode {
     };
     // Signal handlers are installed before the report is printed, so a
     // supervisor that signals as soon as it has read the report is honoured.
+    node::release_memory();
     let stop = if load && !once {
         Some(StopSignals::install())
     } else {

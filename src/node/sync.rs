@@ -64,8 +64,11 @@ const MEMORY_BUDGET: usize = 64 << 20;
 /// Largest zip downloaded into memory.
 const IN_MEMORY_MAX: u64 = 16 << 20;
 
-/// The write size when extracting.
-const EXTRACT_BUFFER: usize = 256 << 10;
+/// The size of the writes that extract files. Small enough for the data to
+/// stay in the CPU's cache between the read and the copy into the page cache:
+/// writing 1 GiB in 128 KiB writes takes a fraction of the time that writing
+/// it in writes of a few MiB does.
+const WRITE_CHUNK: usize = 128 << 10;
 
 /// Metadata objects read at once, per download slot ([`SyncOptions::jobs`]).
 const METADATA_READS_PER_JOB: usize = 4;
@@ -1080,7 +1083,9 @@ fn check_and_extract<R: Read + Seek>(
                 bytes.get(start..start.checked_add(usize::try_from(f.size).ok()?)?)
             });
         match stored {
-            Some(data) => create_with(&dest, mode, |out| out.write_all(data)),
+            Some(data) => create_with(&dest, mode, |out| {
+                data.chunks(WRITE_CHUNK).try_for_each(|c| out.write_all(c))
+            }),
             None => extract(&mut entry, &dest, f.size, mode),
         }
         .map_err(|e| format!("cannot extract {}: {e}", f.name))?;
@@ -1115,7 +1120,7 @@ fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 fn extract(reader: &mut impl Read, dest: &Path, size: u64, mode: u32) -> io::Result<()> {
     create_with(dest, mode, |out| {
         // Large writes: `io::copy` reads straight into the writer's buffer.
-        let mut out = io::BufWriter::with_capacity(EXTRACT_BUFFER, out);
+        let mut out = io::BufWriter::with_capacity(WRITE_CHUNK, out);
         let copied = io::copy(&mut reader.take(size + 1), &mut out)?;
         out.flush()?;
         if copied != size {
