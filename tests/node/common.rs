@@ -139,17 +139,7 @@ impl Env {
         };
         let app = match &s3 {
             None => build_app(LocalStore::new(&store_dir).expect("local store"), &config),
-            Some(s3) => build_app(
-                S3Store::new(S3Settings {
-                    bucket: s3.bucket().to_string(),
-                    prefix: "registry".into(),
-                    endpoint: Some(s3.endpoint().to_string()),
-                    region: Some(REGION.into()),
-                    credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-                })
-                .await,
-                &config,
-            ),
+            Some(s3) => build_app(S3Store::new(s3_settings(s3)).await, &config),
         }
         .expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -208,16 +198,7 @@ impl Env {
     /// The S3 store as the node opens it (`None` for the local store).
     pub async fn s3_store(&self) -> Option<S3Store> {
         let s3 = self.s3.as_ref()?;
-        Some(
-            S3Store::new(S3Settings {
-                bucket: s3.bucket().to_string(),
-                prefix: "registry".into(),
-                endpoint: Some(s3.endpoint().to_string()),
-                region: Some(REGION.into()),
-                credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-            })
-            .await,
-        )
+        Some(S3Store::new(s3_settings(s3)).await)
     }
 
     /// Whether the S3 store's listing of `plugins/` carries the entity tags of
@@ -492,4 +473,15 @@ macro_rules! on_both_stores {
             )*
         }
     };
+}
+
+/// How the service and the node reach the harness bucket (key prefix `registry`).
+fn s3_settings(s3: &S3Server) -> S3Settings {
+    S3Settings {
+        bucket: s3.bucket().to_string(),
+        prefix: "registry".into(),
+        endpoint: Some(s3.endpoint().to_string()),
+        region: Some(REGION.into()),
+        credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+    }
 }
