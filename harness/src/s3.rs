@@ -48,6 +48,8 @@ pub struct Stats {
 
 struct Serialized {
     inner: s3s_fs::FileSystem,
+    /// s3s-fs's root directory (where it keeps per-object internal files).
+    root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     stats: Arc<Stats>,
 }
@@ -56,6 +58,24 @@ impl Serialized {
     fn lock_for(&self, bucket: &str, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.locks.lock().expect("lock map");
         map.entry(format!("{bucket}/{key}")).or_default().clone()
+    }
+
+    /// The ETag s3s-fs recorded when it wrote `key` (what GetObject returns),
+    /// read from its per-object `internal.json` file; `None` for objects
+    /// written behind the server's back.
+    async fn stored_etag(&self, bucket: &str, key: &str) -> Option<ETag> {
+        use base64::Engine as _;
+        let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let path = self.root.join(format!(
+            ".bucket-{}.object-{}.internal.json",
+            encode(bucket),
+            encode(key)
+        ));
+        let bytes = tokio::fs::read(path).await.ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        info.get("e_tag")?
+            .as_str()
+            .map(|t| ETag::Strong(t.to_string()))
     }
 
     fn fault(&self) -> S3Result<()> {
@@ -162,7 +182,18 @@ impl S3 for Serialized {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         self.fault()?;
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
-        self.inner.list_objects_v2(req).await
+        let bucket = req.input.bucket.clone();
+        let mut resp = self.inner.list_objects_v2(req).await?;
+        // s3s-fs 0.14 lists objects without their ETags; AWS S3 and MinIO
+        // list them, and clients (kuiper-node) rely on it to skip reads.
+        for object in resp.output.contents.iter_mut().flatten() {
+            if object.e_tag.is_none() {
+                if let Some(key) = &object.key {
+                    object.e_tag = self.stored_etag(&bucket, key).await;
+                }
+            }
+        }
+        Ok(resp)
     }
 
     async fn create_multipart_upload(
@@ -239,6 +270,7 @@ impl S3Server {
         let service = {
             let mut b = s3s::service::S3ServiceBuilder::new(Serialized {
                 inner: fs,
+                root: root.path().to_path_buf(),
                 locks: Mutex::new(HashMap::new()),
                 stats: stats.clone(),
             });
