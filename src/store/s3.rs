@@ -63,19 +63,60 @@ async fn build_client(settings: &S3Settings) -> Client {
         loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
     }
     let shared = loader.load().await;
-    let custom_endpoint = settings.endpoint.is_some()
-        || shared.endpoint_url().is_some()
-        || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
     if shared.region().is_none() {
         builder = builder.region(Region::new("us-east-1"));
     }
-    if custom_endpoint {
-        builder = builder.force_path_style(true);
+    let env = |name: &str| std::env::var(name).ok();
+    let endpoint = custom_endpoint(
+        settings.endpoint.as_deref(),
+        env("AWS_ENDPOINT_URL_S3").as_deref(),
+        env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").as_deref(),
+        shared.endpoint_url(),
+    );
+    if let Some(endpoint) = endpoint {
+        // Set on the S3 config itself, so the client goes exactly where the
+        // choice of HTTP client below assumes.
+        builder = builder
+            .endpoint_url(endpoint.clone())
+            .force_path_style(true);
+        if endpoint.starts_with("http://") {
+            builder = builder.http_client(plain_http_client());
+        }
     }
     Client::from_conf(builder.build())
+}
+
+/// The custom S3 endpoint in effect, by the SDK's precedence: our setting,
+/// then `AWS_ENDPOINT_URL_S3` (unless `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`),
+/// then the shared configuration's endpoint (`AWS_ENDPOINT_URL`, profile).
+fn custom_endpoint(
+    ours: Option<&str>,
+    env_s3: Option<&str>,
+    ignore_configured: Option<&str>,
+    shared: Option<&str>,
+) -> Option<String> {
+    let ignored = ignore_configured.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    ours.or(env_s3.filter(|e| !ignored && !e.is_empty()))
+        .or(shared)
+        .map(str::to_string)
+}
+
+/// The client for a plain-HTTP endpoint (MinIO on a private network, a test
+/// server): it never makes a TLS connection, so it trusts no certificate and
+/// the system trust store (some 150 files to read and parse) is never loaded.
+fn plain_http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let no_roots = TlsContext::builder()
+        .with_trust_store(TrustStore::empty().with_native_roots(false))
+        .build()
+        .expect("an empty trust store is a valid TLS context");
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(no_roots)
+        .build_https()
 }
 
 impl S3Store {
@@ -576,5 +617,49 @@ impl Store for S3Store {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::custom_endpoint;
+
+    #[test]
+    fn endpoint_follows_the_sdk_precedence() {
+        let (ours, s3, shared) = (
+            Some("http://ours:9000"),
+            Some("http://env-s3:9000"),
+            Some("https://shared"),
+        );
+        assert_eq!(
+            custom_endpoint(ours, s3, None, shared).as_deref(),
+            Some("http://ours:9000")
+        );
+        assert_eq!(
+            custom_endpoint(None, s3, None, shared).as_deref(),
+            Some("http://env-s3:9000")
+        );
+        assert_eq!(
+            custom_endpoint(None, None, None, shared).as_deref(),
+            Some("https://shared")
+        );
+        assert_eq!(custom_endpoint(None, None, None, None), None);
+        assert_eq!(custom_endpoint(None, Some(""), None, None), None);
+    }
+
+    #[test]
+    fn ignored_configured_endpoints_are_ignored() {
+        let s3 = Some("http://env-s3:9000");
+        assert_eq!(custom_endpoint(None, s3, Some("true"), None), None);
+        assert_eq!(custom_endpoint(None, s3, Some(" TRUE "), None), None);
+        assert_eq!(
+            custom_endpoint(None, s3, Some("false"), None).as_deref(),
+            Some("http://env-s3:9000")
+        );
+        // Our own setting is not "configured" by the environment.
+        assert_eq!(
+            custom_endpoint(Some("http://ours"), s3, Some("true"), None).as_deref(),
+            Some("http://ours")
+        );
     }
 }
