@@ -97,16 +97,19 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
         }
     };
     // The service runs until it stops or the probe fails. The probe is a
-    // task of its own, so that building the client (which reads the trust
-    // store) does not hold up the first requests.
-    let probe = tokio::spawn(probe);
-    let probe = async move {
-        probe
-            .await
-            .map_err(|e| format!("the store probe failed: {e}"))??;
-        std::future::pending::<Result<(), String>>().await
+    // task of its own, started once the service can answer, so that building
+    // the S3 client does not hold up the first requests.
+    let start_probe = move || {
+        let probe = tokio::spawn(probe);
+        async move {
+            probe
+                .await
+                .map_err(|e| format!("the store probe failed: {e}"))??;
+            std::future::pending::<Result<(), String>>().await
+        }
     };
     if lambda {
+        let probe = start_probe();
         tracing::info!(store = %location, "serving AWS Lambda events");
         let serve = async {
             lambda_http::run(server::for_lambda(app))
@@ -124,6 +127,7 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The first line on stdout says where we listen (tests and scripts read it).
     println!("plugin-api listening on http://{addr} (store: {location})");
+    let probe = start_probe();
     let serve = async {
         server::serve_local(listener, app)
             .await

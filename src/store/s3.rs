@@ -61,6 +61,13 @@ async fn build_client(settings: &S3Settings) -> Client {
     }
     if let Some((ak, sk)) = &settings.credentials {
         loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
+    } else if env_has_static_credentials(|name| std::env::var(name).ok()) {
+        // The default chain would take these first (as on Lambda). Naming
+        // its first link spares building the rest, whose STS client loads
+        // the system trust store as it is built.
+        loader = loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        );
     }
     let shared = loader.load().await;
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
@@ -87,6 +94,13 @@ async fn build_client(settings: &S3Settings) -> Client {
         }
     }
     Client::from_conf(builder.build())
+}
+
+/// Whether the environment holds the static credentials the SDK's default
+/// chain would use before any other source.
+fn env_has_static_credentials(var: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+    set("AWS_ACCESS_KEY_ID") && (set("AWS_SECRET_ACCESS_KEY") || set("SECRET_ACCESS_KEY"))
 }
 
 /// The custom S3 endpoint in effect, by the SDK's precedence: our setting,
@@ -622,7 +636,35 @@ impl Store for S3Store {
 
 #[cfg(test)]
 mod tests {
-    use super::custom_endpoint;
+    use super::{custom_endpoint, env_has_static_credentials};
+
+    #[test]
+    fn static_credentials_need_a_key_and_a_secret() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(env_has_static_credentials(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ])));
+        assert!(env_has_static_credentials(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("SECRET_ACCESS_KEY", "secret"),
+        ])));
+        assert!(!env_has_static_credentials(env(&[(
+            "AWS_ACCESS_KEY_ID",
+            "AKID"
+        )])));
+        assert!(!env_has_static_credentials(env(&[
+            ("AWS_ACCESS_KEY_ID", " "),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ])));
+        assert!(!env_has_static_credentials(env(&[])));
+    }
 
     #[test]
     fn endpoint_follows_the_sdk_precedence() {
