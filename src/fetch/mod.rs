@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use url::Url;
 
@@ -17,8 +16,49 @@ use crate::store::UploadChunk;
 
 use self::policy::{AddressPolicy, Refused};
 
-/// Bytes gathered before each write to a download's spool file.
-const SPOOL_BUFFER: usize = 1 << 20;
+/// A download's body arrives in chunks of a few KiB. They are gathered into
+/// blocks of this size, each written once to the spool file and passed on
+/// once to the upload: per-chunk file writes and channel sends cost more
+/// than the bytes.
+const BLOCK: usize = 256 << 10;
+
+/// A spool file written on the blocking pool one block at a time, while the
+/// download gathers the next block.
+struct Spool {
+    file: Option<std::fs::File>,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+}
+
+impl Spool {
+    fn new(file: std::fs::File) -> Self {
+        Spool {
+            file: Some(file),
+            writing: None,
+        }
+    }
+
+    /// Starts writing `block` once the previous block is written.
+    async fn write(&mut self, block: bytes::Bytes) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut file = self.finish().await?;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            file.write_all(&block)?;
+            Ok(file)
+        }));
+        Ok(())
+    }
+
+    /// The file, once every block is written.
+    async fn finish(&mut self) -> std::io::Result<std::fs::File> {
+        match self.writing.take() {
+            Some(writing) => writing.await.map_err(std::io::Error::other)?,
+            None => self
+                .file
+                .take()
+                .ok_or_else(|| std::io::Error::other("the spool file was lost")),
+        }
+    }
+}
 
 /// Limits and policy for outbound requests.
 #[derive(Debug, Clone)]
@@ -297,24 +337,34 @@ impl Fetcher {
                 .map_err(|_| FetchError::Local("the upload stopped".into()))?;
         }
         let (std_file, path) = tmp.into_parts();
-        // The body arrives in chunks of a few KiB; writing each through
-        // tokio's file (one blocking-pool hop per write) costs more than the
-        // write, so they are gathered into 1 MiB writes.
-        let mut file =
-            tokio::io::BufWriter::with_capacity(SPOOL_BUFFER, tokio::fs::File::from_std(std_file));
+        let mut spool = Spool::new(std_file);
+        let mut pending = bytes::BytesMut::new();
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(FetchError::TooLarge(limit));
+        let mut body_done = false;
+        while !body_done {
+            match resp.chunk().await.map_err(transport)? {
+                Some(chunk) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(FetchError::TooLarge(limit));
+                    }
+                    hasher.update(&chunk);
+                    pending.extend_from_slice(&chunk);
+                    if pending.len() < BLOCK {
+                        continue;
+                    }
+                }
+                None if pending.is_empty() => break,
+                None => body_done = true,
             }
-            hasher.update(&chunk);
-            file.write_all(&chunk)
+            let block = pending.split().freeze();
+            spool
+                .write(block.clone())
                 .await
                 .map_err(|e| FetchError::Local(e.to_string()))?;
             if let Some(tx) = tee {
-                tx.send(UploadChunk::Data(chunk))
+                tx.send(UploadChunk::Data(block))
                     .await
                     .map_err(|_| FetchError::Local("the upload stopped".into()))?;
             }
@@ -326,10 +376,10 @@ impl Fetcher {
                 )));
             }
         }
-        file.flush()
+        let std_file = spool
+            .finish()
             .await
             .map_err(|e| FetchError::Local(e.to_string()))?;
-        let std_file = file.into_inner().into_std().await;
         Ok(Download {
             file: tempfile::NamedTempFile::from_parts(std_file, path),
             sha256: hex::encode(hasher.finalize()),
