@@ -76,6 +76,11 @@ const METADATA_READS_PER_JOB: usize = 4;
 /// Most staged plugins moved into place with one pair of manifest writes.
 const GROUP_MAX: usize = 64;
 
+/// How long a commit group waits for more staged plugins after its first.
+/// Each group costs two file-system flushes and two manifest writes; without
+/// the wait, a first sync of 200 plugins committed in some 60 groups of 3.
+const GROUP_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How a sync behaves.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -503,6 +508,16 @@ impl<S: Store> Ctx<'_, S> {
     async fn committer(&self, mut ready: mpsc::UnboundedReceiver<Box<Ready>>) {
         let mut group = Vec::new();
         while ready.recv_many(&mut group, GROUP_MAX).await > 0 {
+            // More are usually on their way; the last group goes as soon as
+            // the channel closes.
+            let until = tokio::time::Instant::now() + GROUP_GATHER;
+            while group.len() < GROUP_MAX {
+                let room = GROUP_MAX - group.len();
+                match tokio::time::timeout_at(until, ready.recv_many(&mut group, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
             let plugins: Vec<(PluginType, String, String, bool)> = group
                 .iter()
                 .map(|r| {
