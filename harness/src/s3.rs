@@ -4,8 +4,9 @@
 //! s3s-fs checks `If-None-Match` / `If-Match` but not atomically, and writes an
 //! object's data and ETag separately, while AWS S3 and MinIO are atomic; this
 //! server serialises writes and reads per key so that race tests test the
-//! registry, not that gap. It can also be told to fail every
-//! request with a status, to test store outages.
+//! registry, not that gap. s3s-fs 0.14 also lists objects without their
+//! ETags, which this server fills in as AWS S3 and MinIO list them. It can
+//! also be told to fail every request with a status, to test store outages.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

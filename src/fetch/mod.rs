@@ -60,6 +60,25 @@ impl Spool {
     }
 }
 
+/// Writes a block of a download to its spool file and passes it on to the
+/// upload, if there is one.
+async fn pass_on(
+    block: bytes::Bytes,
+    spool: &mut Spool,
+    tee: Option<&mpsc::Sender<UploadChunk>>,
+) -> Result<(), FetchError> {
+    spool
+        .write(block.clone())
+        .await
+        .map_err(|e| FetchError::Local(e.to_string()))?;
+    if let Some(tx) = tee {
+        tx.send(UploadChunk::Data(block))
+            .await
+            .map_err(|_| FetchError::Local("the upload stopped".into()))?;
+    }
+    Ok(())
+}
+
 /// Limits and policy for outbound requests.
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
@@ -341,33 +360,19 @@ impl Fetcher {
         let mut pending = bytes::BytesMut::new();
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        let mut body_done = false;
-        while !body_done {
-            match resp.chunk().await.map_err(transport)? {
-                Some(chunk) => {
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        return Err(FetchError::TooLarge(limit));
-                    }
-                    hasher.update(&chunk);
-                    pending.extend_from_slice(&chunk);
-                    if pending.len() < BLOCK {
-                        continue;
-                    }
-                }
-                None if pending.is_empty() => break,
-                None => body_done = true,
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(FetchError::TooLarge(limit));
             }
-            let block = pending.split().freeze();
-            spool
-                .write(block.clone())
-                .await
-                .map_err(|e| FetchError::Local(e.to_string()))?;
-            if let Some(tx) = tee {
-                tx.send(UploadChunk::Data(block))
-                    .await
-                    .map_err(|_| FetchError::Local("the upload stopped".into()))?;
+            hasher.update(&chunk);
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= BLOCK {
+                pass_on(pending.split().freeze(), &mut spool, tee).await?;
             }
+        }
+        if !pending.is_empty() {
+            pass_on(pending.freeze(), &mut spool, tee).await?;
         }
         if let Some(expected) = announced {
             if expected != size {

@@ -56,9 +56,6 @@ async fn build_client(settings: &S3Settings) -> Client {
     if let Some(region) = &settings.region {
         loader = loader.region(Region::new(region.clone()));
     }
-    if let Some(endpoint) = &settings.endpoint {
-        loader = loader.endpoint_url(endpoint.clone());
-    }
     if let Some((ak, sk)) = &settings.credentials {
         loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
     } else if env_has_static_credentials(|name| std::env::var(name).ok()) {
