@@ -53,8 +53,15 @@ pub struct S3Store {
 /// Builds an S3 client from the environment plus `settings`.
 async fn build_client(settings: &S3Settings) -> Client {
     let mut loader = aws_config::from_env();
-    if let Some(region) = &settings.region {
-        loader = loader.region(Region::new(region.clone()));
+    if let Some(region) = settings
+        .region
+        .clone()
+        .or_else(|| env_region(|name| std::env::var(name).ok()))
+    {
+        // A region named in the environment is what the default chain would
+        // take first (as on Lambda); naming it spares building the rest of
+        // the chain, an EC2 metadata client among it.
+        loader = loader.region(Region::new(region));
     }
     if let Some((ak, sk)) = &settings.credentials {
         loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "kuiper-static"));
@@ -98,6 +105,13 @@ async fn build_client(settings: &S3Settings) -> Client {
 fn env_has_static_credentials(var: impl Fn(&str) -> Option<String>) -> bool {
     let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
     set("AWS_ACCESS_KEY_ID") && (set("AWS_SECRET_ACCESS_KEY") || set("SECRET_ACCESS_KEY"))
+}
+
+/// The region named in the environment, as the SDK's default chain reads it
+/// first: `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+fn env_region(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"))
 }
 
 /// The custom S3 endpoint in effect, by the SDK's precedence: our setting,
@@ -633,17 +647,45 @@ impl Store for S3Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{custom_endpoint, env_has_static_credentials};
+    use super::{custom_endpoint, env_has_static_credentials, env_region};
+
+    /// An environment holding only `vars`.
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn region_is_read_as_the_sdk_reads_it_first() {
+        assert_eq!(
+            env_region(env(&[
+                ("AWS_REGION", "eu-west-1"),
+                ("AWS_DEFAULT_REGION", "us-east-2"),
+            ]))
+            .as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            env_region(env(&[("AWS_DEFAULT_REGION", "us-east-2")])).as_deref(),
+            Some("us-east-2")
+        );
+        assert_eq!(
+            env_region(env(&[
+                ("AWS_REGION", ""),
+                ("AWS_DEFAULT_REGION", "us-east-2")
+            ]))
+            .as_deref(),
+            Some("us-east-2")
+        );
+        // Nothing named: the default chain decides (profile, EC2 metadata).
+        assert_eq!(env_region(env(&[])), None);
+    }
 
     #[test]
     fn static_credentials_need_a_key_and_a_secret() {
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
         assert!(env_has_static_credentials(env(&[
             ("AWS_ACCESS_KEY_ID", "AKID"),
             ("AWS_SECRET_ACCESS_KEY", "secret"),
