@@ -7,7 +7,7 @@ use bytes::Bytes;
 use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
 use kuiper_registry::store::local::LocalStore;
 use kuiper_registry::store::s3::{S3Settings, S3Store};
-use kuiper_registry::store::{Condition, Store, StoreError};
+use kuiper_registry::store::{Condition, Store, StoreError, MAX_SMALL_OBJECT_BYTES};
 
 async fn s3_store(server: &S3Server, bucket: &str, prefix: &str, secret: &str) -> S3Store {
     S3Store::new(S3Settings {
@@ -172,10 +172,10 @@ async fn streams<S: Store>(s: &S) {
     };
     let (_, put) = tokio::join!(feed, s.put_stream("uploads/a.zip", rx));
     put.unwrap();
-    assert_eq!(
-        &s.get("uploads/a.zip").await.unwrap().unwrap().body[..],
-        &data[..]
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.zip");
+    assert!(s.get_to_file("uploads/a.zip", &out).await.unwrap());
+    assert_eq!(std::fs::read(&out).unwrap(), data);
     // An empty stream is an empty object.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(UploadChunk::End).await.unwrap();
@@ -222,10 +222,8 @@ async fn streams<S: Store>(s: &S) {
         put
     };
     sized(data.clone(), data.len() as u64, true).await.unwrap();
-    assert_eq!(
-        &s.get("blobs/sized.zip").await.unwrap().unwrap().body[..],
-        &data[..]
-    );
+    assert!(s.get_to_file("blobs/sized.zip", &out).await.unwrap());
+    assert_eq!(std::fs::read(&out).unwrap(), data);
     s.delete("blobs/sized.zip").await.unwrap();
     assert!(sized(data.clone(), data.len() as u64, false).await.is_err());
     assert!(
@@ -316,6 +314,39 @@ async fn compare_and_swap_loses_no_update<S: Store>(s: Arc<S>) {
     );
 }
 
+async fn small_objects_are_capped<S: Store>(s: &S) {
+    let key = "index/sinks.json";
+    let cap = MAX_SMALL_OBJECT_BYTES as usize;
+    let big = Bytes::from(vec![b'x'; cap + 1]);
+    let err = s.put(key, big.clone(), Condition::None).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Other(m) if m.contains(&format!("is {} bytes", cap + 1))),
+        "{err}"
+    );
+    assert!(
+        !s.exists(key).await.unwrap(),
+        "a refused put writes nothing"
+    );
+    // Exactly the cap is written and read.
+    s.put(key, big.slice(..cap), Condition::None).await.unwrap();
+    assert_eq!(s.get(key).await.unwrap().unwrap().body.len(), cap);
+    // An oversized object that got there another way is refused, not read
+    // into memory; the streaming read still has it.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("big");
+    std::fs::write(&src, &big).unwrap();
+    s.put_file(key, &src).await.unwrap();
+    let err = s.get(key).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Other(m) if m.contains(&format!("object {key} is {} bytes", cap + 1))),
+        "{err}"
+    );
+    let out = dir.path().join("out");
+    assert!(s.get_to_file(key, &out).await.unwrap());
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), cap as u64 + 1);
+    s.delete(key).await.unwrap();
+}
+
 async fn suite<S: Store>(s: S) {
     s.check().await.expect("store usable");
     get_put_delete(&s).await;
@@ -323,6 +354,7 @@ async fn suite<S: Store>(s: S) {
     listing(&s).await;
     files(&s).await;
     streams(&s).await;
+    small_objects_are_capped(&s).await;
     let s = Arc::new(s);
     create_only_race(s.clone()).await;
     compare_and_swap_loses_no_update(s).await;

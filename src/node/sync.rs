@@ -63,6 +63,8 @@ const MEMORY_BUDGET: usize = 64 << 20;
 
 /// Largest zip downloaded into memory.
 const IN_MEMORY_MAX: u64 = 16 << 20;
+// Read with `Store::get`, which refuses anything bigger than this.
+const _: () = assert!(IN_MEMORY_MAX <= crate::store::MAX_SMALL_OBJECT_BYTES);
 
 /// The size of the writes that extract files. Small enough for the data to
 /// stay in the CPU's cache between the read and the copy into the page cache:

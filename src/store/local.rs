@@ -6,7 +6,7 @@
 //! advisory lock on `{root}/.lock`, which also holds across processes.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -14,7 +14,10 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{Condition, ETag, Listed, Object, Store, StoreError, UploadChunk};
+use super::{
+    too_large, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk,
+    MAX_SMALL_OBJECT_BYTES,
+};
 
 const TMP_DIR: &str = ".tmp";
 const LOCK_FILE: &str = ".lock";
@@ -113,12 +116,26 @@ fn etag_of(bytes: &[u8]) -> ETag {
     ETag(hex::encode(&Sha256::digest(bytes)[..16]))
 }
 
-fn read_current(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(e)),
+/// Reads the small object at `path` (for `key`), refusing one over the cap.
+/// The size is taken from the open file, which a rename cannot swap.
+fn read_current(path: &Path, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    let size = file.metadata().map_err(io_err)?.len();
+    if size > MAX_SMALL_OBJECT_BYTES {
+        return Err(too_large(key, size));
     }
+    let mut body = Vec::with_capacity(size as usize);
+    file.take(MAX_SMALL_OBJECT_BYTES + 1)
+        .read_to_end(&mut body)
+        .map_err(io_err)?;
+    if body.len() as u64 > MAX_SMALL_OBJECT_BYTES {
+        return Err(too_large(key, body.len() as u64));
+    }
+    Ok(Some(body))
 }
 
 fn ensure_parent(path: &Path) -> Result<(), StoreError> {
@@ -149,8 +166,9 @@ impl Store for LocalStore {
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let path = self.path(key)?;
+        let key = key.to_string();
         blocking(move || {
-            Ok(read_current(&path)?.map(|b| Object {
+            Ok(read_current(&path, &key)?.map(|b| Object {
                 etag: etag_of(&b),
                 body: Bytes::from(b),
             }))
@@ -159,7 +177,11 @@ impl Store for LocalStore {
     }
 
     async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
+        if body.len() as u64 > MAX_SMALL_OBJECT_BYTES {
+            return Err(too_large(key, body.len() as u64));
+        }
         let path = self.path(key)?;
+        let key = key.to_string();
         let mut tmp = self.temp_file()?;
         tmp.write_all(&body).map_err(io_err)?;
         tmp.as_file().sync_all().map_err(io_err)?;
@@ -176,7 +198,7 @@ impl Store for LocalStore {
                     }
                     Err(e) => return Err(io_err(e)),
                 },
-                Condition::IfMatch(expected) => match read_current(&path)? {
+                Condition::IfMatch(expected) => match read_current(&path, &key)? {
                     Some(current) if etag_of(&current) == expected => {
                         tmp.persist(&path).map_err(|e| io_err(e.error))?;
                     }

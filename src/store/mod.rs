@@ -65,6 +65,20 @@ pub enum Condition {
     IfMatch(ETag),
 }
 
+/// The largest object [`Store::get`] reads and [`Store::put`] writes whole:
+/// metadata, function-name claims and name indexes (the index of 10,000
+/// plugins is about 150 kB, so this allows about a million). Zips go through
+/// the streaming calls, which have no such cap. A bigger object is refused
+/// rather than read into memory.
+pub const MAX_SMALL_OBJECT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The error for an object over [`MAX_SMALL_OBJECT_BYTES`].
+pub fn too_large(key: &str, size: u64) -> StoreError {
+    StoreError::Other(format!(
+        "object {key} is {size} bytes; objects read or written whole are at most {MAX_SMALL_OBJECT_BYTES} bytes"
+    ))
+}
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,10 +105,12 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the store is usable (exists, reachable, writable).
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Reads a small object whole; `None` when absent.
+    /// Reads a small object whole; `None` when absent. An object over
+    /// [`MAX_SMALL_OBJECT_BYTES`] is an error (see [`too_large`]).
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
 
-    /// Writes a small object under a precondition.
+    /// Writes a small object under a precondition; a body over
+    /// [`MAX_SMALL_OBJECT_BYTES`] is refused and nothing is written.
     fn put(
         &self,
         key: &str,

@@ -20,7 +20,10 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{Condition, ETag, Listed, Object, Store, StoreError, UploadChunk};
+use super::{
+    too_large, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk,
+    MAX_SMALL_OBJECT_BYTES,
+};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 /// How to reach the bucket. Unset fields come from the standard AWS
@@ -439,16 +442,33 @@ impl Store for S3Store {
             return Ok(None);
         };
         let etag = ETag(out.e_tag().unwrap_or_default().to_string());
-        let body = out
-            .body
-            .collect()
+        let announced = out.content_length().unwrap_or(0).max(0) as u64;
+        if announced > MAX_SMALL_OBJECT_BYTES {
+            return Err(too_large(key, announced));
+        }
+        // Counted as it arrives too, in case the length was not announced.
+        let mut body = bytes::BytesMut::with_capacity(announced as usize);
+        let mut stream = out.body;
+        while let Some(chunk) = stream
+            .try_next()
             .await
             .map_err(|e| StoreError::Unavailable(format!("get object body: {e}")))?
-            .into_bytes();
-        Ok(Some(Object { body, etag }))
+        {
+            if (body.len() + chunk.len()) as u64 > MAX_SMALL_OBJECT_BYTES {
+                return Err(too_large(key, (body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(Object {
+            body: body.freeze(),
+            etag,
+        }))
     }
 
     async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
+        if body.len() as u64 > MAX_SMALL_OBJECT_BYTES {
+            return Err(too_large(key, body.len() as u64));
+        }
         let mut req = self
             .client()
             .await
