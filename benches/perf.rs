@@ -538,7 +538,7 @@ async fn bench_cold_start(s3: &S3Server) {
         "report (no S3 client, no store probe beside the first request)",
     );
     ms_row(
-        "5. of which: start to the listening line (ms)",
+        "5. of which, S3 store: start to the listening line (ms)",
         ours_line,
         hello_line,
         "report (process start: loading, runtime, arguments, router)",

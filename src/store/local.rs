@@ -15,7 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{
-    too_large, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk,
+    check_small, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk,
     MAX_SMALL_OBJECT_BYTES,
 };
 
@@ -125,16 +125,13 @@ fn read_current(path: &Path, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Err(e) => return Err(io_err(e)),
     };
     let size = file.metadata().map_err(io_err)?.len();
-    if size > MAX_SMALL_OBJECT_BYTES {
-        return Err(too_large(key, size));
-    }
+    check_small(key, size)?;
     let mut body = Vec::with_capacity(size as usize);
+    // Bounded too, should the file grow while it is read.
     file.take(MAX_SMALL_OBJECT_BYTES + 1)
         .read_to_end(&mut body)
         .map_err(io_err)?;
-    if body.len() as u64 > MAX_SMALL_OBJECT_BYTES {
-        return Err(too_large(key, body.len() as u64));
-    }
+    check_small(key, body.len() as u64)?;
     Ok(Some(body))
 }
 
@@ -177,9 +174,7 @@ impl Store for LocalStore {
     }
 
     async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
-        if body.len() as u64 > MAX_SMALL_OBJECT_BYTES {
-            return Err(too_large(key, body.len() as u64));
-        }
+        check_small(key, body.len() as u64)?;
         let path = self.path(key)?;
         let key = key.to_string();
         let mut tmp = self.temp_file()?;

@@ -72,11 +72,15 @@ pub enum Condition {
 /// rather than read into memory.
 pub const MAX_SMALL_OBJECT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// The error for an object over [`MAX_SMALL_OBJECT_BYTES`].
-pub fn too_large(key: &str, size: u64) -> StoreError {
-    StoreError::Other(format!(
-        "object {key} is {size} bytes; objects read or written whole are at most {MAX_SMALL_OBJECT_BYTES} bytes"
-    ))
+/// Refuses an object of `size` bytes at `key` that is over
+/// [`MAX_SMALL_OBJECT_BYTES`], with an error naming both.
+pub fn check_small(key: &str, size: u64) -> Result<(), StoreError> {
+    if size > MAX_SMALL_OBJECT_BYTES {
+        return Err(StoreError::Other(format!(
+            "object {key} is {size} bytes; objects read or written whole are at most {MAX_SMALL_OBJECT_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// A storage failure.
@@ -106,7 +110,7 @@ pub trait Store: Send + Sync + 'static {
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Reads a small object whole; `None` when absent. An object over
-    /// [`MAX_SMALL_OBJECT_BYTES`] is an error (see [`too_large`]).
+    /// [`MAX_SMALL_OBJECT_BYTES`] is an error (see [`check_small`]).
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>, StoreError>> + Send;
 
     /// Writes a small object under a precondition; a body over

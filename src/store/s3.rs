@@ -20,10 +20,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{
-    too_large, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk,
-    MAX_SMALL_OBJECT_BYTES,
-};
+use super::{check_small, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 /// How to reach the bucket. Unset fields come from the standard AWS
@@ -443,9 +440,7 @@ impl Store for S3Store {
         };
         let etag = ETag(out.e_tag().unwrap_or_default().to_string());
         let announced = out.content_length().unwrap_or(0).max(0) as u64;
-        if announced > MAX_SMALL_OBJECT_BYTES {
-            return Err(too_large(key, announced));
-        }
+        check_small(key, announced)?;
         // Counted as it arrives too, in case the length was not announced.
         let mut body = bytes::BytesMut::with_capacity(announced as usize);
         let mut stream = out.body;
@@ -454,9 +449,7 @@ impl Store for S3Store {
             .await
             .map_err(|e| StoreError::Unavailable(format!("get object body: {e}")))?
         {
-            if (body.len() + chunk.len()) as u64 > MAX_SMALL_OBJECT_BYTES {
-                return Err(too_large(key, (body.len() + chunk.len()) as u64));
-            }
+            check_small(key, (body.len() + chunk.len()) as u64)?;
             body.extend_from_slice(&chunk);
         }
         Ok(Some(Object {
@@ -466,9 +459,7 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
-        if body.len() as u64 > MAX_SMALL_OBJECT_BYTES {
-            return Err(too_large(key, body.len() as u64));
-        }
+        check_small(key, body.len() as u64)?;
         let mut req = self
             .client()
             .await
