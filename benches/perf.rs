@@ -508,7 +508,7 @@ async fn bench_cold_start(s3: &S3Server) {
     let local_env = [("KUIPER_STORE", local_dir.path().display().to_string())];
     // Alternating, so that all see the same machine; a start takes a few
     // milliseconds, so the median of many is needed on a shared machine.
-    for _ in 0..if quick() { 5 } else { 25 } {
+    for _ in 0..if quick() { 5 } else { 41 } {
         let (p, t) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
         ours.push(t.as_secs_f64());
         ours_line.push(p.listening.as_secs_f64());
