@@ -86,8 +86,8 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
         config.check_exposure()?;
     }
     // A local store is checked before serving (no network involved). An S3
-    // store is checked while the service starts serving: the probe's round
-    // trip (and the TLS set-up it triggers) stays off the cold start, and a
+    // store is checked by a probe, PROBE_DELAY after the service can answer:
+    // building the client and the round trip stay off the cold start, and a
     // failed probe still stops the process with a clear message.
     let (app, location, probe) = match config.store_url()? {
         StoreUrl::S3 { bucket, prefix } => {
@@ -105,9 +105,7 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
             (server::build_app(s.clone(), &config)?, s.location(), probe)
         }
     };
-    // The service runs until it stops or the probe fails. The probe is a
-    // task of its own, started once the service can answer and then after
-    // PROBE_DELAY, so that its work does not hold up the first requests.
+    // The service runs until it stops or the probe fails.
     let start_probe = move || {
         let probe = tokio::spawn(async move {
             tokio::time::sleep(PROBE_DELAY).await;
