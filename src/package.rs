@@ -4,7 +4,7 @@
 //! here touches the network or the store. The same checks run in `plugin-api`
 //! (before anything is stored) and on the node (before anything is extracted).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::{self, Read, Seek};
 
@@ -301,6 +301,113 @@ pub fn match_library(name: &str, file: &str) -> Option<String> {
 /// Bytes of the library kept for the ELF check: header and program headers.
 const ELF_PREFIX: usize = 64 * 1024;
 
+/// An entry [`scan_entries`] decompressed in full with a matching CRC-32.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ScannedEntry {
+    name: Vec<u8>,
+    method: zip::CompressionMethod,
+    compressed: u64,
+    crc32: u32,
+    /// Bytes it decompressed to.
+    size: u64,
+}
+
+/// The entries of a zip that [`scan_entries`] read from their local headers
+/// as the zip streamed in, by the offset of their local header.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    entries: HashMap<u64, ScannedEntry>,
+}
+
+impl Scanned {
+    /// How many entries were decompressed and found intact.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry was.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Counts the bytes read through it, to know each local header's offset.
+struct Counted<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads a zip front to back by its local headers, while it is still
+/// downloading, decompressing each entry and checking its CRC-32 within
+/// `limits`, so that [`inspect_zip_scanned`] need not decompress it again
+/// after the download. This only saves work: it stops quietly at the central
+/// directory, at the end of the stream, and at anything it cannot settle from
+/// the stream alone (sizes given only after the data, encryption, corrupt
+/// data, a limit reached). Those entries, and every error message, are left
+/// to [`inspect_zip_scanned`], which reads the central directory as always.
+pub fn scan_entries<R: Read>(reader: R, limits: &ZipLimits) -> Scanned {
+    let mut stream = Counted {
+        inner: reader,
+        pos: 0,
+    };
+    let mut scanned = Scanned::default();
+    let mut total: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while scanned.entries.len() < limits.max_entries {
+        let offset = stream.pos;
+        let Ok(Some(mut file)) = zip::read::read_zipfile_from_stream(&mut stream) else {
+            break;
+        };
+        if file.encrypted() {
+            break;
+        }
+        let mut entry = ScannedEntry {
+            name: file.name_raw().to_vec(),
+            method: file.compression(),
+            compressed: file.compressed_size(),
+            crc32: file.crc32(),
+            size: 0,
+        };
+        // The reader checks the CRC-32 when it reaches the end of the entry.
+        let intact = loop {
+            match file.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    entry.size += n as u64;
+                    if check_size("", entry.size, total, limits).is_err()
+                        || ratio_too_high(entry.size, entry.compressed, limits)
+                    {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break false,
+            }
+        };
+        drop(file);
+        if !intact {
+            break;
+        }
+        total += entry.size;
+        scanned.entries.insert(offset, entry);
+    }
+    scanned
+}
+
+/// Whether an entry of `size` bytes stored in `compressed` bytes is packed
+/// more tightly than `limits` allow (entries up to 1 MiB never are).
+fn ratio_too_high(size: u64, compressed: u64, limits: &ZipLimits) -> bool {
+    size > (1 << 20) && size / compressed.max(1) > limits.max_ratio
+}
+
 /// Reads and checks a plugin zip for a plugin of type `ty` named `name`.
 ///
 /// Every entry is decompressed (so bad CRCs, truncation and bombs are caught by
@@ -314,6 +421,23 @@ pub fn inspect_zip<R: Read + Seek>(
     name: &str,
     shell_paras: &[String],
     limits: &ZipLimits,
+) -> Result<PackageInfo, PackageError> {
+    inspect_zip_scanned(reader, ty, name, shell_paras, limits, &Scanned::default())
+}
+
+/// [`inspect_zip`], except that an entry `scanned` already decompressed
+/// intact is not decompressed again: its local header sits where the central
+/// directory says, with the same name, method, sizes and CRC-32, so the bytes
+/// are the ones the scan read. Only the library's first bytes are read again,
+/// for the ELF check. The result, and every error, is the same as
+/// [`inspect_zip`]'s for the same zip.
+pub fn inspect_zip_scanned<R: Read + Seek>(
+    reader: R,
+    ty: PluginType,
+    name: &str,
+    shell_paras: &[String],
+    limits: &ZipLimits,
+    scanned: &Scanned,
 ) -> Result<PackageInfo, PackageError> {
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| PackageError::NotAZip(e.to_string()))?;
     if zip.len() > limits.max_entries {
@@ -373,6 +497,17 @@ pub fn inspect_zip<R: Read + Seek>(
             }
         }
         let compressed = raw.compressed_size();
+        let verified = scanned
+            .entries
+            .get(&raw.header_start())
+            .filter(|e| {
+                e.name == raw.name_raw()
+                    && e.method == raw.compression()
+                    && e.compressed == compressed
+                    && e.crc32 == raw.crc32()
+                    && e.size == raw.size()
+            })
+            .map(|e| e.size);
         drop(raw);
         names_in_zip.push(entry.clone());
         if is_dir_name {
@@ -385,14 +520,27 @@ pub fn inspect_zip<R: Read + Seek>(
         } else {
             None
         };
-        let mut file = zip.by_index(i).map_err(|e| PackageError::Corrupt {
+        let corrupt = |e: &dyn fmt::Display| PackageError::Corrupt {
             entry: entry.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut file = zip.by_index(i).map_err(|e| corrupt(&e))?;
         let keep = if version.is_some() { ELF_PREFIX } else { 0 };
-        let (size, prefix) = read_entry(&mut file, &entry, keep, limits, total)?;
+        let (size, prefix) = match verified {
+            Some(size) => {
+                check_size(&entry, size, total, limits)?;
+                let mut prefix = Vec::with_capacity(keep);
+                (&mut file)
+                    .take(keep as u64)
+                    .read_to_end(&mut prefix)
+                    .map_err(|e| corrupt(&e))?;
+                (size, prefix)
+            }
+            None => read_entry(&mut file, &entry, keep, limits, total)?,
+        };
+        drop(file);
         total += size;
-        if size > (1 << 20) && size / compressed.max(1) > limits.max_ratio {
+        if ratio_too_high(size, compressed, limits) {
             return Err(PackageError::RatioTooHigh {
                 entry,
                 limit: limits.max_ratio,
@@ -507,21 +655,33 @@ fn read_entry(
             }
         };
         size += n as u64;
-        if size > limits.max_entry_bytes {
-            return Err(PackageError::EntryTooLarge {
-                entry: entry.to_string(),
-                limit: limits.max_entry_bytes,
-            });
-        }
-        if total_before + size > limits.max_total_bytes {
-            return Err(PackageError::TotalTooLarge(limits.max_total_bytes));
-        }
+        check_size(entry, size, total_before, limits)?;
         if prefix.len() < keep {
             let take = n.min(keep - prefix.len());
             prefix.extend_from_slice(&buf[..take]);
         }
     }
     Ok((size, prefix))
+}
+
+/// Checks `size` bytes of `entry`, after `total_before` bytes of the entries
+/// before it, against the size limits.
+fn check_size(
+    entry: &str,
+    size: u64,
+    total_before: u64,
+    limits: &ZipLimits,
+) -> Result<(), PackageError> {
+    if size > limits.max_entry_bytes {
+        return Err(PackageError::EntryTooLarge {
+            entry: entry.to_string(),
+            limit: limits.max_entry_bytes,
+        });
+    }
+    if total_before + size > limits.max_total_bytes {
+        return Err(PackageError::TotalTooLarge(limits.max_total_bytes));
+    }
+    Ok(())
 }
 
 /// Checks that `data` (the start of a file) is an ELF shared object with a

@@ -8,7 +8,8 @@ use kuiper_harness::zips::ZipBuilder;
 use kuiper_registry::fetch::policy::{non_public_reason, AddressPolicy};
 use kuiper_registry::fetch::{FetchSettings, Fetcher};
 use kuiper_registry::package::{
-    check_entry_name, inspect_zip, validate_name, PluginType, ZipLimits,
+    check_entry_name, inspect_zip, inspect_zip_scanned, scan_entries, validate_name, PackageInfo,
+    PluginType, ZipLimits,
 };
 use kuiper_registry::registry::{Registry, RegistrySettings};
 use kuiper_registry::store::local::LocalStore;
@@ -29,6 +30,123 @@ fn registry() -> &'static Registry<LocalStore> {
 fn library() -> &'static [u8] {
     static SO: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     SO.get_or_init(|| kuiper_harness::plugins::example_so("print"))
+}
+
+/// What a user sees of the checks of `zip`: the package, or the message. The
+/// second is from checking after a scan of the zip as it streamed in, with
+/// how many entries the scan found intact.
+fn verdicts(
+    zip: &[u8],
+    limits: &ZipLimits,
+) -> (
+    Result<PackageInfo, String>,
+    Result<PackageInfo, String>,
+    usize,
+) {
+    let check = |r: Result<PackageInfo, _>| {
+        r.map_err(|e: kuiper_registry::package::PackageError| e.to_string())
+    };
+    let plain = check(inspect_zip(
+        std::io::Cursor::new(zip),
+        PluginType::Sink,
+        "p",
+        &[],
+        limits,
+    ));
+    let scanned = scan_entries(zip, limits);
+    let after_scan = check(inspect_zip_scanned(
+        std::io::Cursor::new(zip),
+        PluginType::Sink,
+        "p",
+        &[],
+        limits,
+        &scanned,
+    ));
+    (plain, after_scan, scanned.len())
+}
+
+/// `len` bytes that deflate barely packs.
+fn scrambled(len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+        .collect()
+}
+
+#[test]
+fn the_scan_reads_every_entry_whose_sizes_come_first() {
+    let zip = ZipBuilder::new()
+        .file("P@v1.2.so", library().to_vec())
+        .file("etc/a.txt", "x".repeat(100_000))
+        .dir("etc/b/")
+        .file("etc/b/c.bin", scrambled(3 << 20))
+        .build();
+    let (plain, after_scan, intact) = verdicts(&zip, &ZipLimits::default());
+    assert_eq!(intact, 4, "three files and a directory");
+    let info = plain.expect("a valid zip");
+    assert_eq!(after_scan, Ok(info.clone()));
+    assert_eq!(info.version, "1.2");
+    let sizes: Vec<u64> = info.files.iter().map(|f| f.size).collect();
+    assert_eq!(sizes, [library().len() as u64, 100_000, 3 << 20]);
+}
+
+#[test]
+fn a_corrupt_entry_stops_the_scan_and_is_reported_as_without_it() {
+    let payload = vec![b'z'; 1 << 20];
+    let mut zip = ZipBuilder::new()
+        .stored()
+        .file("P.so", library().to_vec())
+        .file("etc/data", payload)
+        .build();
+    // A byte in the middle of etc/data's stored bytes: its CRC-32 no longer matches.
+    let at = zip
+        .windows(1024)
+        .position(|w| w.iter().all(|&b| b == b'z'))
+        .unwrap()
+        + 4096;
+    zip[at] ^= 0x20;
+    let (plain, after_scan, intact) = verdicts(&zip, &ZipLimits::default());
+    assert_eq!(intact, 1, "only the library, before the corrupt entry");
+    let message = plain.expect_err("a corrupt entry");
+    assert!(
+        message.contains("etc/data") && message.contains("cannot be read"),
+        "{message}"
+    );
+    assert_eq!(after_scan, Err(message));
+}
+
+#[test]
+fn zips_whose_sizes_follow_the_data_are_checked_in_full() {
+    use std::io::Write;
+    // A zip written to a stream (as `zip -` or a streaming writer does): each
+    // entry's sizes and CRC come in a descriptor after its data.
+    let mut w = zip::ZipWriter::new_stream(Vec::new());
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+    w.start_file("P.so", opts).unwrap();
+    w.write_all(library()).unwrap();
+    w.start_file("etc/a.txt", opts).unwrap();
+    w.write_all(b"hello").unwrap();
+    let zip = w.finish().unwrap().into_inner();
+    let (plain, after_scan, intact) = verdicts(&zip, &ZipLimits::default());
+    assert_eq!(intact, 0);
+    assert!(plain.is_ok(), "{plain:?}");
+    assert_eq!(after_scan, plain);
+}
+
+#[test]
+fn the_scan_stops_at_the_limits_and_the_checks_report_them() {
+    let zip = ZipBuilder::new()
+        .file("P.so", library().to_vec())
+        .file("etc/big", scrambled(6 << 20))
+        .build();
+    let limits = ZipLimits {
+        max_entry_bytes: 5 << 20,
+        ..ZipLimits::default()
+    };
+    let (plain, after_scan, intact) = verdicts(&zip, &limits);
+    assert_eq!(intact, 1);
+    let message = plain.expect_err("over the entry limit");
+    assert!(message.contains("etc/big"), "{message}");
+    assert_eq!(after_scan, Err(message));
 }
 
 proptest! {
@@ -131,5 +249,49 @@ proptest! {
                 prop_assert!(!f.name.starts_with('/') && !f.name.split('/').any(|p| p == ".."));
             }
         }
+    }
+
+    /// Checking after a scan of the zip as it streamed in gives the verdict
+    /// the full checks give, for valid, damaged and truncated zips.
+    #[test]
+    fn checks_after_a_scan_give_the_same_verdict(
+        files in proptest::collection::vec(("(etc/)?[a-c]{1,2}", 0usize..70_000, any::<u8>()), 0..4),
+        stored in any::<bool>(),
+        // Bytes changed anywhere, or in the last 300 (the central directory).
+        damage in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>(), 1u8..), 0..3),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+        max_entry_bytes in prop_oneof![Just(1u64 << 30), 1u64..80_000],
+    ) {
+        let mut z = ZipBuilder::new().file("P.so", library().to_vec());
+        if stored {
+            z = z.stored();
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, len, seed) in &files {
+            if seen.insert(name.clone()) {
+                // Runs of a byte: deflate packs them, so entries vary in ratio.
+                let data: Vec<u8> = (0..*len).map(|i| seed.wrapping_add((i / 97) as u8)).collect();
+                z = z.file(name, data);
+            }
+        }
+        let mut zip = z.build();
+        let entries = 1 + seen.len();
+        for (at, at_end, xor) in &damage {
+            let i = if *at_end {
+                zip.len() - 1 - at.index(zip.len().min(300))
+            } else {
+                at.index(zip.len())
+            };
+            zip[i] ^= xor;
+        }
+        if let Some(at) = cut {
+            zip.truncate(at.index(zip.len()));
+        }
+        let limits = ZipLimits { max_entry_bytes, ..ZipLimits::default() };
+        let (plain, after_scan, intact) = verdicts(&zip, &limits);
+        if damage.is_empty() && cut.is_none() && max_entry_bytes == 1 << 30 {
+            prop_assert_eq!(intact, entries, "every entry is scanned ({:?})", &plain);
+        }
+        prop_assert_eq!(after_scan, plain);
     }
 }

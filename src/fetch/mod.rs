@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use url::Url;
@@ -38,7 +39,7 @@ impl Spool {
     }
 
     /// Starts writing `block` once the previous block is written.
-    async fn write(&mut self, block: bytes::Bytes) -> std::io::Result<()> {
+    async fn write(&mut self, block: Bytes) -> std::io::Result<()> {
         use std::io::Write as _;
         let mut file = self.finish().await?;
         self.writing = Some(tokio::task::spawn_blocking(move || {
@@ -60,21 +61,35 @@ impl Spool {
     }
 }
 
-/// Writes a block of a download to its spool file and passes it on to the
-/// upload, if there is one.
-async fn pass_on(
-    block: bytes::Bytes,
-    spool: &mut Spool,
-    tee: Option<&mpsc::Sender<UploadChunk>>,
-) -> Result<(), FetchError> {
+/// Where a download's blocks go as they arrive, besides its spool file.
+#[derive(Debug, Default)]
+pub struct Tee<'a> {
+    /// An upload running beside the download: it gets the announced size
+    /// (when there is one) and every block, never [`UploadChunk::End`] (the
+    /// caller decides whether the upload commits). The upload stopping stops
+    /// the download.
+    pub upload: Option<&'a mpsc::Sender<UploadChunk>>,
+    /// A reader of the zip as it arrives (`package::scan_entries`): it gets
+    /// every block until it stops reading, which is no error. Dropped when
+    /// the download ends, so the reader sees the end of the stream.
+    pub scan: Option<mpsc::Sender<Bytes>>,
+}
+
+/// Writes a block of a download to its spool file and passes it on.
+async fn pass_on(block: Bytes, spool: &mut Spool, tee: &mut Tee<'_>) -> Result<(), FetchError> {
     spool
         .write(block.clone())
         .await
         .map_err(|e| FetchError::Local(e.to_string()))?;
-    if let Some(tx) = tee {
-        tx.send(UploadChunk::Data(block))
+    if let Some(tx) = tee.upload {
+        tx.send(UploadChunk::Data(block.clone()))
             .await
             .map_err(|_| FetchError::Local("the upload stopped".into()))?;
+    }
+    if let Some(tx) = &tee.scan {
+        if tx.send(block).await.is_err() {
+            tee.scan = None;
+        }
     }
     Ok(())
 }
@@ -182,7 +197,7 @@ async fn feed_file(path: &Path, tx: &mpsc::Sender<UploadChunk>) -> Result<(), Fe
             return Ok(());
         }
         buf.truncate(n);
-        tx.send(UploadChunk::Data(bytes::Bytes::from(buf)))
+        tx.send(UploadChunk::Data(Bytes::from(buf)))
             .await
             .map_err(|_| FetchError::Local("the upload stopped".into()))?;
     }
@@ -274,15 +289,14 @@ impl Fetcher {
     }
 
     /// Downloads `url` into a temporary file in `tmp_dir`, hashing it, and
-    /// (when `tee` is given) passing each chunk on as it arrives, so that an
-    /// upload can run while the download does. `tee` gets the announced size
-    /// (when there is one) and data, never [`UploadChunk::End`]: the caller
-    /// decides whether the upload commits.
+    /// passing each block on to `tee` as it arrives, so that an upload and a
+    /// scan of the zip can run while the download does (a `file://` upload is
+    /// passed on to the upload only, once copied).
     pub async fn download(
         &self,
         url: &Url,
         tmp_dir: &Path,
-        tee: Option<&mpsc::Sender<UploadChunk>>,
+        tee: Tee<'_>,
     ) -> Result<Download, FetchError> {
         let tmp = tempfile::Builder::new()
             .prefix("download-")
@@ -292,7 +306,7 @@ impl Fetcher {
         match url.scheme() {
             "file" => {
                 let download = self.copy_upload(url, tmp).await?;
-                if let Some(tx) = tee {
+                if let Some(tx) = tee.upload {
                     feed_file(download.file.path(), tx).await?;
                 }
                 Ok(download)
@@ -316,7 +330,7 @@ impl Fetcher {
         &self,
         url: &Url,
         tmp: tempfile::NamedTempFile,
-        tee: Option<&mpsc::Sender<UploadChunk>>,
+        mut tee: Tee<'_>,
     ) -> Result<Download, FetchError> {
         let limit = self.settings.max_download_bytes;
         self.settings
@@ -350,7 +364,7 @@ impl Fetcher {
         if announced.is_some_and(|n| n > limit) {
             return Err(FetchError::TooLarge(limit));
         }
-        if let (Some(tx), Some(n)) = (tee, announced) {
+        if let (Some(tx), Some(n)) = (tee.upload, announced) {
             tx.send(UploadChunk::Size(n))
                 .await
                 .map_err(|_| FetchError::Local("the upload stopped".into()))?;
@@ -368,11 +382,11 @@ impl Fetcher {
             hasher.update(&chunk);
             pending.extend_from_slice(&chunk);
             if pending.len() >= BLOCK {
-                pass_on(pending.split().freeze(), &mut spool, tee).await?;
+                pass_on(pending.split().freeze(), &mut spool, &mut tee).await?;
             }
         }
         if !pending.is_empty() {
-            pass_on(pending.freeze(), &mut spool, tee).await?;
+            pass_on(pending.freeze(), &mut spool, &mut tee).await?;
         }
         if let Some(expected) = announced {
             if expected != size {
