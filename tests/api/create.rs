@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::common::{plugin_zip, TestEnv};
+use crate::common::{plugin_zip, real_so, TestEnv};
 
 both_stores!(
     create_lists_and_describes,
@@ -12,6 +12,7 @@ both_stores!(
     describe_unknown_is_404,
     unknown_type_is_404,
     create_stores_each_zip_under_its_own_key,
+    create_records_what_deflated_and_streamed_zips_hold,
 );
 
 async fn create_lists_and_describes(env: TestEnv) {
@@ -179,5 +180,46 @@ async fn create_stores_each_zip_under_its_own_key(env: TestEnv) {
             "the metadata's sha256 is the stored zip's"
         );
         assert_eq!(d["size"], bytes.len() as u64);
+    }
+}
+
+/// The entries are decompressed while the zip downloads (from their local
+/// headers) and only what that could not settle is read again afterwards:
+/// either way the plugin records every file with its real size. A zip written
+/// by a streaming tool (`zip -`, Go's archive/zip, Java's ZipOutputStream)
+/// gives each entry's sizes only after its data, so it takes the second path.
+async fn create_records_what_deflated_and_streamed_zips_hold(env: TestEnv) {
+    use std::io::Write;
+    let so = real_so("sinks");
+    let data: Vec<u8> = (0..3u64 << 20)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 & 0x3f)
+        .collect();
+    let deflated = kuiper_harness::zips::ZipBuilder::new()
+        .file("Big.so", so.clone())
+        .file("etc/data.bin", data.clone())
+        .build();
+    let mut w = zip::ZipWriter::new_stream(Vec::new());
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+    w.start_file("Big.so", opts).unwrap();
+    w.write_all(&so).unwrap();
+    w.start_file("etc/data.bin", opts).unwrap();
+    w.write_all(&data).unwrap();
+    let streamed = w.finish().unwrap().into_inner();
+    let expected = json!([
+        {"name": "Big.so", "size": so.len()},
+        {"name": "etc/data.bin", "size": data.len()},
+    ]);
+    for (path, zip) in [
+        ("/deflated/big.zip", deflated),
+        ("/streamed/big.zip", streamed),
+    ] {
+        let url = env.files.serve(path, zip).await;
+        let r = env
+            .post("/plugins/sinks", json!({"name": "big", "file": url}))
+            .await;
+        assert_eq!(r.status, 201, "{path}: {}", r.body);
+        let v = env.get("/plugins/sinks/big").await.json();
+        assert_eq!(v["files"], expected, "{path}");
+        assert_eq!(env.delete("/plugins/sinks/big").await.status, 200);
     }
 }
