@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use url::Url;
 use crate::fetch::{FetchError, Fetcher, Tee};
 use crate::package::{self, NameError, PackageError, PackageFile, PluginType, ZipLimits};
 use crate::store::{keys, Condition, Object, Store, StoreError, UploadChunk};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 /// Blocks of a download (8 MiB) queued for the scan of its entries. When
@@ -200,6 +201,11 @@ pub struct RegistrySettings {
     pub allow_file_urls: bool,
     /// How long a function-name claim without a committed owner is honoured.
     pub claim_grace: Duration,
+    /// Most zips scanned while they download at once. Each scan holds one of
+    /// tokio's blocking threads (512 by default) for its whole download, and
+    /// spool writes need them too; creates beyond this are checked in full
+    /// after their download.
+    pub max_scans: usize,
 }
 
 impl Default for RegistrySettings {
@@ -209,6 +215,7 @@ impl Default for RegistrySettings {
             zip_limits: ZipLimits::default(),
             allow_file_urls: false,
             claim_grace: Duration::from_secs(600),
+            max_scans: 64,
         }
     }
 }
@@ -227,6 +234,8 @@ pub struct Registry<S> {
     store: S,
     fetcher: Fetcher,
     settings: RegistrySettings,
+    /// Free scan slots (see [`RegistrySettings::max_scans`]).
+    scans: Arc<Semaphore>,
 }
 
 /// A checked package, stored and ready to be committed.
@@ -280,6 +289,7 @@ impl<S: Store> Registry<S> {
         Registry {
             store,
             fetcher,
+            scans: Arc::new(Semaphore::new(settings.max_scans)),
             settings,
         }
     }
@@ -361,20 +371,29 @@ impl<S: Store> Registry<S> {
         // directory.
         let blob = keys::blob(&uuid::Uuid::new_v4().simple().to_string());
         let (tx, rx) = mpsc::channel::<UploadChunk>(8);
-        let (scan_tx, mut scan_rx) = mpsc::channel::<Bytes>(SCAN_QUEUE);
-        let stream = futures_util::stream::poll_fn(move |cx| {
-            scan_rx
-                .poll_recv(cx)
-                .map(|block| block.map(Ok::<_, std::io::Error>))
-        });
-        let zip_stream = SyncIoBridge::new(StreamReader::new(stream));
-        let limits = self.settings.zip_limits;
-        let scan = tokio::task::spawn_blocking(move || package::scan_entries(zip_stream, &limits));
+        let (scan_tx, scan) = match Arc::clone(&self.scans).try_acquire_owned() {
+            Ok(slot) => {
+                let (scan_tx, mut scan_rx) = mpsc::channel::<Bytes>(SCAN_QUEUE);
+                let stream = futures_util::stream::poll_fn(move |cx| {
+                    scan_rx
+                        .poll_recv(cx)
+                        .map(|block| block.map(Ok::<_, std::io::Error>))
+                });
+                let zip_stream = SyncIoBridge::new(StreamReader::new(stream));
+                let limits = self.settings.zip_limits;
+                let scan = tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    package::scan_entries(zip_stream, &limits)
+                });
+                (Some(scan_tx), Some(scan))
+            }
+            Err(_) => (None, None),
+        };
         let started = std::time::Instant::now();
         let fetch_and_check = async move {
             let tee = Tee {
                 upload: Some(&tx),
-                scan: Some(scan_tx),
+                scan: scan_tx,
             };
             let download = self
                 .fetcher
@@ -385,10 +404,13 @@ impl<S: Store> Registry<S> {
                     source,
                 })?;
             let downloaded = started.elapsed();
-            let scanned = scan.await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "the zip scan stopped; the checks read the whole zip");
-                package::Scanned::default()
-            });
+            let scanned = match scan {
+                Some(scan) => scan.await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "the zip scan stopped; the checks read the whole zip");
+                    package::Scanned::default()
+                }),
+                None => package::Scanned::default(),
+            };
             let scanned_ms = started.elapsed();
             let info = self
                 .check_download(&download, ty, name, shell_paras, scanned)

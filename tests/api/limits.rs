@@ -157,3 +157,57 @@ async fn zip_limits_local() {
 async fn zip_limits_s3() {
     zip_limits(Backend::S3).await;
 }
+
+/// Creates beyond the zips scanned at once (`max_scans`) do not wait for a
+/// scan slot: they are checked in full after their download, with the same
+/// result. Here there is no slot at all: a damaged zip is refused and a valid
+/// one accepted, as always.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_without_a_scan_slot_are_checked_after_the_download() {
+    use kuiper_registry::fetch::{policy::AddressPolicy, FetchSettings, Fetcher};
+    use kuiper_registry::package::PluginType;
+    use kuiper_registry::registry::{PluginRequest, Registry, RegistrySettings};
+    use kuiper_registry::store::local::LocalStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::new(FetchSettings {
+        policy: AddressPolicy {
+            allow_private: true,
+            ..AddressPolicy::default()
+        },
+        ..FetchSettings::default()
+    })
+    .unwrap();
+    let registry = Registry::new(
+        LocalStore::new(dir.path().join("store")).unwrap(),
+        fetcher,
+        RegistrySettings {
+            tmp_dir: dir.path().to_path_buf(),
+            max_scans: 0,
+            ..RegistrySettings::default()
+        },
+    );
+    let files = kuiper_harness::files::FileHost::start().await;
+    let zip = plugin_zip("sinks", "noscan", "Noscan.so");
+    let request = |file: String| PluginRequest {
+        name: "noscan".into(),
+        file,
+        ..PluginRequest::default()
+    };
+    let mut damaged = zip.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0xff;
+    let url = files.serve("/damaged/noscan.zip", damaged).await;
+    let refused = registry.create(PluginType::Sink, request(url)).await;
+    let message = refused.expect_err("a damaged zip").to_string();
+    assert!(message.contains("Noscan.so"), "{message}");
+
+    let url = files.serve("/noscan.zip", zip).await;
+    registry
+        .create(PluginType::Sink, request(url))
+        .await
+        .unwrap();
+    let meta = registry.describe(PluginType::Sink, "noscan").await.unwrap();
+    assert_eq!(meta.so_file, "Noscan.so");
+    assert_eq!(meta.files.len(), 1);
+}
