@@ -224,6 +224,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_zip_checks(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = scan_entries(&bytes[..], &ZipLimits::default());
         let _ = inspect_zip(std::io::Cursor::new(bytes), PluginType::Sink, "p", &[], &ZipLimits::default());
     }
 

@@ -1,9 +1,13 @@
 //! Fuzzes the zip checks the registry and the nodes run on untrusted archives:
-//! they must never panic, and what they accept must be safe to extract.
+//! they must never panic, what they accept must be safe to extract, and
+//! checking after a scan of the zip's local headers (as the registry does
+//! while a zip downloads) must give the same verdict as checking without.
 
 #![no_main]
 
-use kuiper_registry::package::{check_entry_name, inspect_zip, PluginType, ZipLimits};
+use kuiper_registry::package::{
+    check_entry_name, inspect_zip, inspect_zip_scanned, scan_entries, PluginType, ZipLimits,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,8 +17,16 @@ fuzz_target!(|data: &[u8]| {
         max_total_bytes: 4 << 20,
         max_ratio: 200,
     };
+    let scanned = scan_entries(data, &limits);
     for ty in [PluginType::Source, PluginType::Function] {
-        if let Ok(info) = inspect_zip(std::io::Cursor::new(data), ty, "p", &[], &limits) {
+        let plain = inspect_zip(std::io::Cursor::new(data), ty, "p", &[], &limits);
+        let after_scan =
+            inspect_zip_scanned(std::io::Cursor::new(data), ty, "p", &[], &limits, &scanned);
+        assert_eq!(
+            plain.as_ref().map_err(ToString::to_string),
+            after_scan.as_ref().map_err(ToString::to_string)
+        );
+        if let Ok(info) = plain {
             assert!(info.so_file == "P.so" || info.so_file.starts_with("P@") || info.so_file.starts_with("p"));
             for f in &info.files {
                 assert!(check_entry_name(&f.name).is_ok(), "{}", f.name);
