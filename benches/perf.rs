@@ -74,25 +74,30 @@ fn compressible(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A zip of `so` as plugin `name`'s library plus `payload` as
+/// `etc/payload.bin`, deflated or stored.
+fn zip_with_payload(name: &str, so: Vec<u8>, payload: Vec<u8>, deflated: bool) -> Vec<u8> {
+    let upper = kuiper_registry::package::uc_first(name);
+    let zip = if deflated {
+        ZipBuilder::new()
+    } else {
+        ZipBuilder::new().stored()
+    };
+    zip.file(&format!("{upper}.so"), so)
+        .file("etc/payload.bin", payload)
+        .build()
+}
+
 /// A deflated zip of `so` as the plugin's library plus about `zipped` bytes
 /// (once compressed) of [`compressible`] content.
 fn deflated_plugin_zip(name: &str, so: Vec<u8>, zipped: usize, seed: u64) -> Vec<u8> {
-    let upper = kuiper_registry::package::uc_first(name);
-    ZipBuilder::new()
-        .file(&format!("{upper}.so"), so)
-        .file("etc/payload.bin", compressible(zipped * 7 / 3, seed))
-        .build()
+    zip_with_payload(name, so, compressible(zipped * 7 / 3, seed), true)
 }
 
 /// A stored (uncompressed) zip of `so` as the plugin's library plus
 /// `payload` bytes of noise.
 fn plugin_zip(name: &str, so: Vec<u8>, payload: usize, seed: u64) -> Vec<u8> {
-    let upper = kuiper_registry::package::uc_first(name);
-    ZipBuilder::new()
-        .stored()
-        .file(&format!("{upper}.so"), so)
-        .file("etc/payload.bin", noise(payload, seed))
-        .build()
+    zip_with_payload(name, so, noise(payload, seed), false)
 }
 
 struct Proc {

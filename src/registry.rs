@@ -371,24 +371,7 @@ impl<S: Store> Registry<S> {
         // directory.
         let blob = keys::blob(&uuid::Uuid::new_v4().simple().to_string());
         let (tx, rx) = mpsc::channel::<UploadChunk>(8);
-        let (scan_tx, scan) = match Arc::clone(&self.scans).try_acquire_owned() {
-            Ok(slot) => {
-                let (scan_tx, mut scan_rx) = mpsc::channel::<Bytes>(SCAN_QUEUE);
-                let stream = futures_util::stream::poll_fn(move |cx| {
-                    scan_rx
-                        .poll_recv(cx)
-                        .map(|block| block.map(Ok::<_, std::io::Error>))
-                });
-                let zip_stream = SyncIoBridge::new(StreamReader::new(stream));
-                let limits = self.settings.zip_limits;
-                let scan = tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    package::scan_entries(zip_stream, &limits)
-                });
-                (Some(scan_tx), Some(scan))
-            }
-            Err(_) => (None, None),
-        };
+        let (scan_tx, scan) = self.start_scan().unzip();
         let started = std::time::Instant::now();
         let fetch_and_check = async move {
             let tee = Tee {
@@ -459,6 +442,31 @@ impl<S: Store> Registry<S> {
             info,
             source: display_url(url),
         })
+    }
+
+    /// Starts a scan of a zip's entries as its blocks arrive (see
+    /// [`package::scan_entries`]) on a blocking thread, when a scan slot is
+    /// free: the sender to feed it and the scan's result.
+    fn start_scan(
+        &self,
+    ) -> Option<(
+        mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<package::Scanned>,
+    )> {
+        let slot = Arc::clone(&self.scans).try_acquire_owned().ok()?;
+        let (blocks, mut scan_rx) = mpsc::channel::<Bytes>(SCAN_QUEUE);
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            scan_rx
+                .poll_recv(cx)
+                .map(|block| block.map(Ok::<_, std::io::Error>))
+        });
+        let zip_stream = SyncIoBridge::new(StreamReader::new(stream));
+        let limits = self.settings.zip_limits;
+        let scan = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            package::scan_entries(zip_stream, &limits)
+        });
+        Some((blocks, scan))
     }
 
     /// Runs the zip checks on a downloaded file (on a blocking thread),

@@ -197,16 +197,21 @@ async fn creates_without_a_scan_slot_are_checked_after_the_download() {
     let mut damaged = zip.clone();
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0xff;
+    // A create that waited for a slot would never finish: fail instead.
+    let create = |url: String| {
+        let create = registry.create(PluginType::Sink, request(url));
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), create)
+                .await
+                .expect("a create without a scan slot does not wait for one")
+        }
+    };
     let url = files.serve("/damaged/noscan.zip", damaged).await;
-    let refused = registry.create(PluginType::Sink, request(url)).await;
-    let message = refused.expect_err("a damaged zip").to_string();
+    let message = create(url).await.expect_err("a damaged zip").to_string();
     assert!(message.contains("Noscan.so"), "{message}");
 
     let url = files.serve("/noscan.zip", zip).await;
-    registry
-        .create(PluginType::Sink, request(url))
-        .await
-        .unwrap();
+    create(url).await.unwrap();
     let meta = registry.describe(PluginType::Sink, "noscan").await.unwrap();
     assert_eq!(meta.so_file, "Noscan.so");
     assert_eq!(meta.files.len(), 1);
