@@ -437,7 +437,7 @@ impl<S: Store> Registry<S> {
         );
         Ok(Staged {
             blob,
-            sha256: download.sha256,
+            sha256: download.sha256.clone(),
             size: download.size,
             info,
             source: display_url(url),
@@ -480,7 +480,6 @@ impl<S: Store> Registry<S> {
         scanned: package::Scanned,
     ) -> Result<package::PackageInfo> {
         let file = download
-            .file
             .reopen()
             .map_err(|e| RegistryError::Internal(format!("reopen download: {e}")))?;
         let limits = self.settings.zip_limits;

@@ -218,6 +218,14 @@ async fn create_records_what_deflated_and_streamed_zips_hold(env: TestEnv) {
             .post("/plugins/sinks", json!({"name": "big", "file": url}))
             .await;
         assert_eq!(r.status, 201, "{path}: {}", r.body);
+        // The download's spool file is gone once the create is answered.
+        let left: Vec<_> = std::fs::read_dir(env.tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("download-"))
+            .collect();
+        assert!(left.is_empty(), "{path}: left behind: {left:?}");
         let v = env.get("/plugins/sinks/big").await.json();
         assert_eq!(v["files"], expected, "{path}");
         assert_eq!(env.delete("/plugins/sinks/big").await.status, 200);
