@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read, Seek, Write};
 
 use object::read::elf::{FileHeader, ProgramHeader};
 use serde::{Deserialize, Serialize};
@@ -229,6 +229,15 @@ pub enum PackageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An entry could not be written where [`inspect_and_extract`] was told
+    /// to put it (a local failure, not the zip's).
+    #[error("cannot extract {entry}: {reason}")]
+    Extract {
+        /// Entry name.
+        entry: String,
+        /// The writer's complaint.
+        reason: String,
+    },
     /// `shellParas` were given but there is no `install.sh`.
     #[error("have shell parameters : [{0}] but no install.sh file")]
     ShellParasWithoutScript(String),
@@ -439,6 +448,77 @@ pub fn inspect_zip_scanned<R: Read + Seek>(
     limits: &ZipLimits,
     scanned: &Scanned,
 ) -> Result<PackageInfo, PackageError> {
+    inspect(
+        reader,
+        ty,
+        name,
+        shell_paras,
+        limits,
+        scanned,
+        &mut CheckOnly,
+    )
+}
+
+/// Where [`inspect_and_extract`] writes the entries it decompresses.
+pub trait Extract {
+    /// Takes one entry's bytes.
+    type Out: Write;
+    /// Called before the bytes of the file entry `entry` are read: where
+    /// they go, or `None` to only check them.
+    fn open(&mut self, entry: &str) -> io::Result<Option<Self::Out>>;
+    /// Called once all of `entry`'s bytes went to `out` and were found
+    /// intact (CRC-32, size, limits).
+    fn close(&mut self, entry: &str, out: Self::Out) -> io::Result<()>;
+}
+
+/// Extracts nothing: the checks only.
+struct CheckOnly;
+
+impl Extract for CheckOnly {
+    type Out = io::Sink;
+
+    fn open(&mut self, _: &str) -> io::Result<Option<io::Sink>> {
+        Ok(None)
+    }
+
+    fn close(&mut self, _: &str, _: io::Sink) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// [`inspect_zip`] that also hands the bytes of the entries `extract` asks
+/// for to it, as it decompresses them: checking and extracting a zip
+/// decompress each entry once. An entry's bytes may be written before a
+/// later entry, or the layout, fails the checks: on any error, the caller
+/// discards what it extracted.
+pub fn inspect_and_extract<R: Read + Seek>(
+    reader: R,
+    ty: PluginType,
+    name: &str,
+    shell_paras: &[String],
+    limits: &ZipLimits,
+    extract: &mut impl Extract,
+) -> Result<PackageInfo, PackageError> {
+    inspect(
+        reader,
+        ty,
+        name,
+        shell_paras,
+        limits,
+        &Scanned::default(),
+        extract,
+    )
+}
+
+fn inspect<R: Read + Seek, E: Extract>(
+    reader: R,
+    ty: PluginType,
+    name: &str,
+    shell_paras: &[String],
+    limits: &ZipLimits,
+    scanned: &Scanned,
+    extract: &mut E,
+) -> Result<PackageInfo, PackageError> {
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| PackageError::NotAZip(e.to_string()))?;
     if zip.len() > limits.max_entries {
         return Err(PackageError::TooManyEntries(limits.max_entries));
@@ -526,8 +606,13 @@ pub fn inspect_zip_scanned<R: Read + Seek>(
         };
         let mut file = zip.by_index(i).map_err(|e| corrupt(&e))?;
         let keep = if version.is_some() { ELF_PREFIX } else { 0 };
-        let (size, prefix) = match verified {
-            Some(size) => {
+        let extract_err = |e: io::Error| PackageError::Extract {
+            entry: entry.clone(),
+            reason: e.to_string(),
+        };
+        let mut out = extract.open(&entry).map_err(extract_err)?;
+        let (size, prefix) = match (verified, out.as_mut()) {
+            (Some(size), None) => {
                 check_size(&entry, size, total, limits)?;
                 let mut prefix = Vec::with_capacity(keep);
                 (&mut file)
@@ -536,9 +621,12 @@ pub fn inspect_zip_scanned<R: Read + Seek>(
                     .map_err(|e| corrupt(&e))?;
                 (size, prefix)
             }
-            None => read_entry(&mut file, &entry, keep, limits, total)?,
+            (_, out) => read_entry(&mut file, &entry, keep, limits, total, out)?,
         };
         drop(file);
+        if let Some(out) = out {
+            extract.close(&entry, out).map_err(extract_err)?;
+        }
         total += size;
         if ratio_too_high(size, compressed, limits) {
             return Err(PackageError::RatioTooHigh {
@@ -631,13 +719,15 @@ pub fn inspect_zip_scanned<R: Read + Seek>(
     })
 }
 
-/// Decompresses one entry to the end under the limits, keeping its first `keep` bytes.
+/// Decompresses one entry to the end under the limits, keeping its first
+/// `keep` bytes and writing them all to `out` if given.
 fn read_entry(
     file: &mut impl Read,
     entry: &str,
     keep: usize,
     limits: &ZipLimits,
     total_before: u64,
+    mut out: Option<&mut impl Write>,
 ) -> Result<(u64, Vec<u8>), PackageError> {
     let mut buf = [0u8; 64 * 1024];
     let mut prefix = Vec::new();
@@ -656,6 +746,13 @@ fn read_entry(
         };
         size += n as u64;
         check_size(entry, size, total_before, limits)?;
+        if let Some(out) = out.as_mut() {
+            out.write_all(&buf[..n])
+                .map_err(|e| PackageError::Extract {
+                    entry: entry.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
         if prefix.len() < keep {
             let take = n.min(keep - prefix.len());
             prefix.extend_from_slice(&buf[..take]);

@@ -8,8 +8,8 @@ use kuiper_harness::zips::ZipBuilder;
 use kuiper_registry::fetch::policy::{non_public_reason, AddressPolicy};
 use kuiper_registry::fetch::{FetchSettings, Fetcher};
 use kuiper_registry::package::{
-    check_entry_name, inspect_zip, inspect_zip_scanned, scan_entries, validate_name, PackageInfo,
-    PluginType, ZipLimits,
+    check_entry_name, inspect_and_extract, inspect_zip, inspect_zip_scanned, scan_entries,
+    validate_name, Extract, PackageInfo, PluginType, ZipLimits,
 };
 use kuiper_registry::registry::{Registry, RegistrySettings};
 use kuiper_registry::store::local::LocalStore;
@@ -63,6 +63,44 @@ fn verdicts(
         &scanned,
     ));
     (plain, after_scan, scanned.len())
+}
+
+/// Keeps in memory every entry [`inspect_and_extract`] hands out.
+#[derive(Default)]
+struct Collect(std::collections::BTreeMap<String, Vec<u8>>);
+
+impl Extract for Collect {
+    type Out = Vec<u8>;
+
+    fn open(&mut self, _: &str) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(Some(Vec::new()))
+    }
+
+    fn close(&mut self, entry: &str, out: Vec<u8>) -> std::io::Result<()> {
+        self.0.insert(entry.to_string(), out);
+        Ok(())
+    }
+}
+
+/// The verdict of checking `zip` while extracting every entry, and what was extracted.
+fn extracted(
+    zip: &[u8],
+    limits: &ZipLimits,
+) -> (
+    Result<PackageInfo, String>,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    let mut into = Collect::default();
+    let verdict = inspect_and_extract(
+        std::io::Cursor::new(zip),
+        PluginType::Sink,
+        "p",
+        &[],
+        limits,
+        &mut into,
+    )
+    .map_err(|e| e.to_string());
+    (verdict, into.0)
 }
 
 /// `len` bytes that deflate barely packs.
@@ -252,10 +290,11 @@ proptest! {
         }
     }
 
-    /// Checking after a scan of the zip as it streamed in gives the verdict
-    /// the full checks give, for valid, damaged and truncated zips.
+    /// Checking after a scan of the zip as it streamed in, and checking
+    /// while extracting, give the verdict the full checks give, for valid,
+    /// damaged and truncated zips.
     #[test]
-    fn checks_after_a_scan_give_the_same_verdict(
+    fn checks_after_a_scan_or_while_extracting_give_the_same_verdict(
         files in proptest::collection::vec(("(etc/)?[a-c]{1,2}", 0usize..70_000, any::<u8>()), 0..4),
         stored in any::<bool>(),
         // Bytes changed anywhere, or in the last 300 (the central directory).
@@ -293,6 +332,50 @@ proptest! {
         if damage.is_empty() && cut.is_none() && max_entry_bytes == 1 << 30 {
             prop_assert_eq!(intact, entries, "every entry is scanned ({:?})", &plain);
         }
-        prop_assert_eq!(after_scan, plain);
+        prop_assert_eq!(&after_scan, &plain);
+        // Checking while extracting: the same verdict, and for a zip that
+        // passes, every file with the bytes the zip crate reads from it.
+        let (verdict, files) = extracted(&zip, &limits);
+        prop_assert_eq!(&verdict, &plain);
+        if let Ok(info) = &plain {
+            let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&zip)).unwrap();
+            for f in &info.files {
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut archive.by_name(&f.name).unwrap(), &mut data).unwrap();
+                prop_assert_eq!(files.get(&f.name), Some(&data), "{}", &f.name);
+            }
+            prop_assert_eq!(files.len(), info.files.len());
+        }
     }
+}
+
+/// An entry that cannot be written where the caller wants it fails the
+/// extraction with the writer's reason, naming the entry.
+#[test]
+fn extraction_reports_a_write_failure_for_its_entry() {
+    struct Full;
+    impl Extract for Full {
+        type Out = std::io::BufWriter<std::fs::File>;
+        fn open(&mut self, _: &str) -> std::io::Result<Option<Self::Out>> {
+            // /dev/full refuses every write with ENOSPC.
+            let f = std::fs::OpenOptions::new().write(true).open("/dev/full")?;
+            Ok(Some(std::io::BufWriter::with_capacity(16, f)))
+        }
+        fn close(&mut self, _: &str, mut out: Self::Out) -> std::io::Result<()> {
+            std::io::Write::flush(&mut out)
+        }
+    }
+    let zip = ZipBuilder::new().file("P.so", library().to_vec()).build();
+    let err = inspect_and_extract(
+        std::io::Cursor::new(&zip),
+        PluginType::Sink,
+        "p",
+        &[],
+        &ZipLimits::default(),
+        &mut Full,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("cannot extract P.so: "), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
 }

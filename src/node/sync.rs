@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Cursor, Read, Seek, Write as _};
+use std::io::{self, Cursor, Read, Seek};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use super::layout::{self, Placement, STATE_DIR};
 use super::manifest::{self, Entry, Manifest};
 use super::{Failure, PluginRef, Progress, Report};
-use crate::package::{self, inspect_zip, match_library, validate_name, PluginType, ZipLimits};
+use crate::package::{self, match_library, validate_name, PluginType, ZipLimits};
 use crate::registry::PluginMeta;
 use crate::store::{keys, Listed, Store};
 
@@ -1010,37 +1010,45 @@ fn stage(
     }
     match download {
         Download::Memory { zip, .. } => {
-            let open = || Ok(Cursor::new(zip.as_ref()));
-            check_and_extract(meta, dir, open, Some(zip), limits, arch)
+            check_and_extract(meta, dir, Cursor::new(zip.as_ref()), limits, arch)
         }
-        Download::File(path) => check_and_extract(
-            meta,
-            dir,
-            || File::open(path).map(io::BufReader::new),
-            None,
-            limits,
-            arch,
-        ),
+        Download::File(path) => {
+            let file = File::open(path).map_err(|e| format!("cannot open the download: {e}"))?;
+            check_and_extract(meta, dir, io::BufReader::new(file), limits, arch)
+        }
     }
 }
 
-/// Checks a verified zip again with [`inspect_zip`] against the metadata and
-/// the node, then extracts the listed entries into `dir` (blocking). `open`
-/// gives a new reader of the zip each time it is called; `whole` is the zip
-/// itself when it is in memory, so that stored entries are written from it
-/// as they are.
+/// Checks a verified zip again with [`package::inspect_and_extract`] against
+/// the metadata and the node, extracting the listed entries into `dir` as
+/// the check decompresses them (blocking): each entry is decompressed once.
+/// On an error the caller removes `dir` with whatever was extracted.
 fn check_and_extract<R: Read + Seek>(
     meta: &PluginMeta,
     dir: &Path,
-    open: impl Fn() -> io::Result<R>,
-    whole: Option<&[u8]>,
+    reader: R,
     limits: &ZipLimits,
     arch: &str,
 ) -> Result<Staged, String> {
-    let reader = open().map_err(|e| format!("cannot open the download: {e}"))?;
     let ty = meta.plugin_type;
-    let info = inspect_zip(reader, ty, &meta.name, &meta.shell_paras, limits)
-        .map_err(|e| format!("the zip fails the node's check: {e}; nothing installed"))?;
+    let mut into = Extractor {
+        meta,
+        files_dir: dir.join("files"),
+        install_dir: dir.join("install"),
+        open: None,
+        staged: Staged {
+            files: Vec::new(),
+            install_dir: None,
+        },
+    };
+    fs::create_dir_all(&into.files_dir)
+        .map_err(|e| format!("cannot create {}: {e}", into.files_dir.display()))?;
+    let info =
+        package::inspect_and_extract(reader, ty, &meta.name, &meta.shell_paras, limits, &mut into)
+            .map_err(|e| match e {
+                package::PackageError::Extract { .. } => e.to_string(),
+                e => format!("the zip fails the node's check: {e}; nothing installed"),
+            })?;
     if info.so_file != meta.so_file {
         return Err(format!(
             "the zip's library is {}, the metadata says {}; nothing installed",
@@ -1053,6 +1061,7 @@ fn check_and_extract<R: Read + Seek>(
             info.arch
         ));
     }
+    // Every listed file was extracted, with the size the metadata gives.
     for f in &meta.files {
         if !info.files.contains(f) {
             return Err(format!(
@@ -1061,60 +1070,73 @@ fn check_and_extract<R: Read + Seek>(
             ));
         }
     }
+    let mut staged = into.staged;
+    if !into.install_dir.join("install.sh").is_file() {
+        staged.install_dir = None;
+    }
+    Ok(staged)
+}
 
-    let mut zip =
-        zip::ZipArchive::new(open().map_err(|e| format!("cannot open the download: {e}"))?)
-            .map_err(|e| format!("cannot read the zip: {e}"))?;
-    let files_dir = dir.join("files");
-    let install_dir = dir.join("install");
-    fs::create_dir_all(&files_dir)
-        .map_err(|e| format!("cannot create {}: {e}", files_dir.display()))?;
-    let mut staged = Staged {
-        files: Vec::new(),
-        install_dir: None,
-    };
-    for (i, f) in meta.files.iter().enumerate() {
-        let (dest, rel) = match layout::placement(ty, &meta.name, &meta.so_file, &f.name)? {
-            Placement::Installed(rel) => (files_dir.join(i.to_string()), Some(rel)),
-            Placement::InstallOnly(rel) => (layout::under(&install_dir, &rel)?, None),
+/// Writes the entries the metadata lists to new files in their staged
+/// places (mode set, writeback started) as [`package::inspect_and_extract`]
+/// decompresses them; other entries are only checked. The committer flushes
+/// the files to disk ([`flush_fs`]) before renaming them into place.
+struct Extractor<'a> {
+    meta: &'a PluginMeta,
+    /// Files to install, named by their index in `meta.files`.
+    files_dir: PathBuf,
+    /// Root files for `install.sh`.
+    install_dir: PathBuf,
+    /// The entry being written: its mode, staged path and destination.
+    open: Option<(u32, PathBuf, Option<String>)>,
+    staged: Staged,
+}
+
+impl package::Extract for Extractor<'_> {
+    type Out = io::BufWriter<File>;
+
+    fn open(&mut self, entry: &str) -> io::Result<Option<Self::Out>> {
+        let meta = self.meta;
+        let Some(i) = meta.files.iter().position(|f| f.name == entry) else {
+            return Ok(None);
         };
-        let mode = if f.name == meta.so_file || f.name == "install.sh" {
+        let (dest, rel) =
+            match layout::placement(meta.plugin_type, &meta.name, &meta.so_file, entry)
+                .map_err(io::Error::other)?
+            {
+                Placement::Installed(rel) => (self.files_dir.join(i.to_string()), Some(rel)),
+                Placement::InstallOnly(rel) => (
+                    layout::under(&self.install_dir, &rel).map_err(io::Error::other)?,
+                    None,
+                ),
+            };
+        let mode = if entry == meta.so_file || entry == "install.sh" {
             0o755
         } else {
             0o644
         };
-        let mut entry = zip
-            .by_name(&f.name)
-            .map_err(|e| format!("cannot read {} from the zip: {e}", f.name))?;
-        // A stored entry of a zip in memory is written from the zip's bytes:
-        // the very bytes whose checksum `inspect_zip` verified above.
-        let stored = whole
-            .filter(|_| {
-                entry.compression() == zip::CompressionMethod::Stored
-                    && !entry.encrypted()
-                    && entry.size() == f.size
-                    && entry.compressed_size() == f.size
-            })
-            .and_then(|bytes| {
-                let start = usize::try_from(entry.data_start()?).ok()?;
-                bytes.get(start..start.checked_add(usize::try_from(f.size).ok()?)?)
-            });
-        match stored {
-            Some(data) => create_with(&dest, mode, |out| {
-                data.chunks(WRITE_CHUNK).try_for_each(|c| out.write_all(c))
-            }),
-            None => extract(&mut entry, &dest, f.size, mode),
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
         }
-        .map_err(|e| format!("cannot extract {}: {e}", f.name))?;
+        let file = File::options().write(true).create_new(true).open(&dest)?;
+        self.open = Some((mode, dest, rel));
+        Ok(Some(io::BufWriter::with_capacity(WRITE_CHUNK, file)))
+    }
+
+    fn close(&mut self, _: &str, out: Self::Out) -> io::Result<()> {
+        let (mode, dest, rel) = self
+            .open
+            .take()
+            .ok_or_else(|| io::Error::other("no entry open"))?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        start_writeback(&file);
         match rel {
-            Some(rel) => staged.files.push((rel, dest)),
-            None => staged.install_dir = Some(install_dir.clone()),
+            Some(rel) => self.staged.files.push((rel, dest)),
+            None => self.staged.install_dir = Some(self.install_dir.clone()),
         }
+        Ok(())
     }
-    if !install_dir.join("install.sh").is_file() {
-        staged.install_dir = None;
-    }
-    Ok(staged)
 }
 
 fn hash_file(path: &Path) -> io::Result<(String, u64)> {
@@ -1131,40 +1153,6 @@ fn hash_file(path: &Path) -> io::Result<(String, u64)> {
         hasher.update(&buf[..n]);
     }
     Ok((hex::encode(hasher.finalize()), size))
-}
-
-/// Writes exactly `size` bytes of `reader` to a new file `dest`, flushed to disk.
-fn extract(reader: &mut impl Read, dest: &Path, size: u64, mode: u32) -> io::Result<()> {
-    create_with(dest, mode, |out| {
-        // Large writes: `io::copy` reads straight into the writer's buffer.
-        let mut out = io::BufWriter::with_capacity(WRITE_CHUNK, out);
-        let copied = io::copy(&mut reader.take(size + 1), &mut out)?;
-        out.flush()?;
-        if copied != size {
-            return Err(io::Error::other(format!(
-                "expected {size} bytes, the zip holds {copied}"
-            )));
-        }
-        Ok(())
-    })
-}
-
-/// Creates the new file `dest` (never an existing one), fills it with
-/// `write` and sets its mode. The committer flushes it to disk ([`flush_fs`])
-/// before renaming it into place.
-fn create_with(
-    dest: &Path,
-    mode: u32,
-    write: impl FnOnce(&mut File) -> io::Result<()>,
-) -> io::Result<()> {
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let mut out = File::options().write(true).create_new(true).open(dest)?;
-    write(&mut out)?;
-    out.set_permissions(fs::Permissions::from_mode(mode))?;
-    start_writeback(&out);
-    Ok(())
 }
 
 /// Starts writing a file's data to disk without waiting for it, so that the

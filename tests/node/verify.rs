@@ -1,5 +1,6 @@
 //! What the node checks before installing: the zip's SHA-256 against the
-//! metadata, and the library's architecture against the node's.
+//! metadata, every entry's data as it extracts it, and the library's
+//! architecture against the node's.
 
 use serde_json::json;
 
@@ -7,6 +8,7 @@ use crate::common::{lib, random_zip, so_zip, Env};
 
 on_both_stores!(
     sha256_mismatch_installs_nothing,
+    damaged_entry_installs_nothing,
     other_architecture_is_skipped
 );
 
@@ -47,6 +49,43 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
     again.assert_ok();
     assert_eq!(again.list("installed"), ["sinks/print@"]);
     assert_eq!(env.node_file("plugins/sinks/Print.so"), lib("print"));
+}
+
+/// A stored zip whose metadata was rewritten to match it (its SHA-256 and
+/// size) but whose library no longer decompresses to what its header says:
+/// the node extracts entries as it checks them, and a damaged one installs
+/// nothing of the plugin.
+async fn damaged_entry_installs_nothing(env: Env) {
+    use sha2::Digest;
+    env.publish("sources", "random", random_zip()).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print")))
+        .await;
+    let mut zip = std::fs::read(env.blob_path("sinks", "print")).unwrap();
+    // One byte in the middle of the library's deflated data, found from its local header.
+    let u16_at = |i: usize| u16::from_le_bytes([zip[i], zip[i + 1]]) as usize;
+    let compressed = u32::from_le_bytes(zip[18..22].try_into().unwrap()) as usize;
+    assert_eq!(u16_at(8), 8, "the library is deflated");
+    let data_start = 30 + u16_at(26) + u16_at(28);
+    zip[data_start + compressed / 2] ^= 0x55;
+    std::fs::write(env.blob_path("sinks", "print"), &zip).unwrap();
+    let meta_path = env.object_path("plugins/sinks/print.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["sha256"] = json!(hex::encode(sha2::Sha256::digest(&zip)));
+    meta["size"] = json!(zip.len());
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+
+    let run = env.run_once(&[]).await;
+    run.assert_failed();
+    let err = run.error_of("sinks/print");
+    assert!(err.contains("fails the node's check"), "{err}");
+    assert!(err.contains("\"Print.so\" cannot be read"), "{err}");
+    assert_eq!(run.list("installed"), ["sources/random@"]);
+    assert!(
+        env.node_files().iter().all(|f| !f.contains("sinks")),
+        "{:?}",
+        env.node_files()
+    );
 }
 
 /// The example sink with its ELF machine changed to another architecture.
