@@ -510,6 +510,8 @@ pub fn inspect_and_extract<R: Read + Seek>(
     )
 }
 
+/// The checks of [`inspect_zip`]. An entry `scanned` vouches for is not
+/// decompressed again unless `extract` asks for its bytes.
 fn inspect<R: Read + Seek, E: Extract>(
     reader: R,
     ty: PluginType,
