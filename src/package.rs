@@ -466,8 +466,10 @@ pub trait Extract {
     /// Called before the bytes of the file entry `entry` are read: where
     /// they go, or `None` to only check them.
     fn open(&mut self, entry: &str) -> io::Result<Option<Self::Out>>;
-    /// Called once all of `entry`'s bytes went to `out` and were found
-    /// intact (CRC-32, size, limits).
+    /// Called once all of `entry`'s bytes went to `out` and the entry
+    /// passed its checks (CRC-32, sizes, ratio). When the entry fails them,
+    /// `close` is not called and `out` is dropped, holding some of the
+    /// entry's bytes: the caller discards what it extracted.
     fn close(&mut self, entry: &str, out: Self::Out) -> io::Result<()>;
 }
 
@@ -623,18 +625,18 @@ fn inspect<R: Read + Seek, E: Extract>(
                     .map_err(|e| corrupt(&e))?;
                 (size, prefix)
             }
-            (_, out) => read_entry(&mut file, &entry, keep, limits, total, out)?,
+            (_, out) => read_entry(&mut file, &entry, keep, limits, total, compressed, out)?,
         };
         drop(file);
-        if let Some(out) = out {
-            extract.close(&entry, out).map_err(extract_err)?;
-        }
         total += size;
         if ratio_too_high(size, compressed, limits) {
             return Err(PackageError::RatioTooHigh {
                 entry,
                 limit: limits.max_ratio,
             });
+        }
+        if let Some(out) = out {
+            extract.close(&entry, out).map_err(extract_err)?;
         }
         if let Some(v) = version {
             libraries.push((entry.clone(), v));
@@ -721,14 +723,19 @@ fn inspect<R: Read + Seek, E: Extract>(
     })
 }
 
-/// Decompresses one entry to the end under the limits, keeping its first
-/// `keep` bytes and writing them all to `out` if given.
+/// Decompresses one entry of `compressed` bytes to the end under the
+/// limits, keeping its first `keep` bytes and writing them to `out` if
+/// given. Once the entry is bound to fail the ratio check (its size only
+/// grows), it is still decoded, for the same verdict as without `out`, but
+/// no longer written: a bomb writes at most about `max_ratio` times its
+/// compressed size.
 fn read_entry(
     file: &mut impl Read,
     entry: &str,
     keep: usize,
     limits: &ZipLimits,
     total_before: u64,
+    compressed: u64,
     mut out: Option<&mut impl Write>,
 ) -> Result<(u64, Vec<u8>), PackageError> {
     let mut buf = [0u8; 64 * 1024];
@@ -748,6 +755,9 @@ fn read_entry(
         };
         size += n as u64;
         check_size(entry, size, total_before, limits)?;
+        if ratio_too_high(size, compressed, limits) {
+            out = None;
+        }
         if let Some(out) = out.as_mut() {
             out.write_all(&buf[..n])
                 .map_err(|e| PackageError::Extract {

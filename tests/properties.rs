@@ -379,3 +379,79 @@ fn extraction_reports_a_write_failure_for_its_entry() {
     assert!(err.starts_with("cannot extract P.so: "), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
 }
+
+/// A bomb (an entry packed far beyond the ratio limit) is refused with the
+/// verdict of the plain checks, and only about `max_ratio` times its
+/// compressed size reaches the extractor's writer, not the whole entry.
+#[test]
+fn extraction_of_a_bomb_stops_writing_at_the_ratio_limit() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    struct Counted(Arc<AtomicU64>);
+    impl std::io::Write for Counted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.fetch_add(buf.len() as u64, Ordering::SeqCst);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    struct Counting(Arc<AtomicU64>);
+    impl Extract for Counting {
+        type Out = Counted;
+        fn open(&mut self, _: &str) -> std::io::Result<Option<Counted>> {
+            Ok(Some(Counted(Arc::clone(&self.0))))
+        }
+        fn close(&mut self, entry: &str, _: Counted) -> std::io::Result<()> {
+            assert_eq!(
+                entry, "P.so",
+                "only entries that pass their checks are closed"
+            );
+            Ok(())
+        }
+    }
+    let bomb = vec![0u8; 64 << 20];
+    let zip = ZipBuilder::new()
+        .file("P.so", library().to_vec())
+        .file("etc/zeros.bin", bomb)
+        .build();
+    let limits = ZipLimits::default();
+    let compressed = zip::ZipArchive::new(std::io::Cursor::new(&zip))
+        .unwrap()
+        .by_name("etc/zeros.bin")
+        .unwrap()
+        .compressed_size();
+    let written = Arc::new(AtomicU64::new(0));
+    let verdict = inspect_and_extract(
+        std::io::Cursor::new(&zip),
+        PluginType::Sink,
+        "p",
+        &[],
+        &limits,
+        &mut Counting(Arc::clone(&written)),
+    )
+    .unwrap_err()
+    .to_string();
+    let plain = inspect_zip(
+        std::io::Cursor::new(&zip),
+        PluginType::Sink,
+        "p",
+        &[],
+        &limits,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(verdict, plain);
+    assert!(
+        verdict.contains("compression ratio above 200:1"),
+        "{verdict}"
+    );
+    let library = library().len() as u64;
+    let bound = library + (limits.max_ratio + 1) * compressed + (64 << 10);
+    let written = written.load(Ordering::SeqCst);
+    assert!(
+        written <= bound,
+        "{written} bytes written for a {compressed}-byte bomb (bound {bound})"
+    );
+}

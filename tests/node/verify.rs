@@ -51,8 +51,9 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
     assert_eq!(env.node_file("plugins/sinks/Print.so"), lib("print"));
 }
 
-/// A stored zip whose metadata was rewritten to match it (its SHA-256 and
-/// size) but whose library no longer decompresses to what its header says:
+/// A zip in the store, damaged, with its metadata rewritten to match it (its
+/// SHA-256 and size), so that its library no longer decompresses to what its
+/// header says:
 /// the node extracts entries as it checks them, and a damaged one installs
 /// nothing of the plugin.
 async fn damaged_entry_installs_nothing(env: Env) {
