@@ -1,14 +1,33 @@
 //! Fuzzes the zip checks the registry and the nodes run on untrusted archives:
 //! they must never panic, what they accept must be safe to extract, and
 //! checking after a scan of the zip's local headers (as the registry does
-//! while a zip downloads) must give the same verdict as checking without.
+//! while a zip downloads) or while extracting every entry (as a node does)
+//! must give the same verdict as checking without.
 
 #![no_main]
 
 use kuiper_registry::package::{
-    check_entry_name, inspect_zip, inspect_zip_scanned, scan_entries, PluginType, ZipLimits,
+    check_entry_name, inspect_and_extract, inspect_zip, inspect_zip_scanned, scan_entries,
+    Extract, PluginType, ZipLimits,
 };
 use libfuzzer_sys::fuzz_target;
+
+/// Keeps every entry it is handed, in memory.
+#[derive(Default)]
+struct Collect(Vec<(String, Vec<u8>)>);
+
+impl Extract for Collect {
+    type Out = Vec<u8>;
+
+    fn open(&mut self, _: &str) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(Some(Vec::new()))
+    }
+
+    fn close(&mut self, entry: &str, out: Vec<u8>) -> std::io::Result<()> {
+        self.0.push((entry.to_string(), out));
+        Ok(())
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let limits = ZipLimits {
@@ -26,6 +45,20 @@ fuzz_target!(|data: &[u8]| {
             plain.as_ref().map_err(ToString::to_string),
             after_scan.as_ref().map_err(ToString::to_string)
         );
+        let mut into = Collect::default();
+        let extracted =
+            inspect_and_extract(std::io::Cursor::new(data), ty, "p", &[], &limits, &mut into);
+        assert_eq!(
+            plain.as_ref().map_err(ToString::to_string),
+            extracted.as_ref().map_err(ToString::to_string)
+        );
+        if let Ok(info) = &extracted {
+            // Every file was handed over whole, once.
+            assert_eq!(into.0.len(), info.files.len());
+            for ((name, bytes), f) in into.0.iter().zip(&info.files) {
+                assert_eq!((name, bytes.len() as u64), (&f.name, f.size));
+            }
+        }
         if let Ok(info) = plain {
             assert!(info.so_file == "P.so" || info.so_file.starts_with("P@") || info.so_file.starts_with("p"));
             for f in &info.files {
