@@ -7,8 +7,8 @@
 #![no_main]
 
 use kuiper_registry::package::{
-    check_entry_name, inspect_and_extract, inspect_zip, inspect_zip_scanned, scan_entries,
-    Extract, PluginType, ZipLimits,
+    check_entry_name, inspect_and_extract, inspect_zip, inspect_zip_scanned, scan_entries, Extract,
+    PluginType, ZipLimits,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -60,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if let Ok(info) = plain {
-            assert!(info.so_file == "P.so" || info.so_file.starts_with("P@") || info.so_file.starts_with("p"));
+            assert!(
+                info.so_file == "P.so"
+                    || info.so_file.starts_with("P@")
+                    || info.so_file.starts_with("p")
+            );
             for f in &info.files {
                 assert!(check_entry_name(&f.name).is_ok(), "{}", f.name);
                 assert!(!f.name.split('/').any(|c| c == ".."));
