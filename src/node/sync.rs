@@ -66,12 +66,6 @@ const IN_MEMORY_MAX: u64 = 16 << 20;
 // Read with `Store::get`, which refuses anything bigger than this.
 const _: () = assert!(IN_MEMORY_MAX <= crate::store::MAX_SMALL_OBJECT_BYTES);
 
-/// The size of the writes that extract files. Small enough for the data to
-/// stay in the CPU's cache between the read and the copy into the page cache:
-/// writing 1 GiB in 128 KiB writes takes a fraction of the time that writing
-/// it in writes of a few MiB does.
-const WRITE_CHUNK: usize = 128 << 10;
-
 /// Metadata objects read at once, per download slot ([`SyncOptions::jobs`]).
 const METADATA_READS_PER_JOB: usize = 4;
 
@@ -1093,7 +1087,9 @@ struct Extractor<'a> {
 }
 
 impl package::Extract for Extractor<'_> {
-    type Out = io::BufWriter<File>;
+    /// The file itself: the check writes each decoded block of up to
+    /// 64 KiB once, so a buffer would only copy the bytes once more.
+    type Out = File;
 
     fn open(&mut self, entry: &str) -> io::Result<Option<Self::Out>> {
         let meta = self.meta;
@@ -1120,15 +1116,14 @@ impl package::Extract for Extractor<'_> {
         }
         let file = File::options().write(true).create_new(true).open(&dest)?;
         self.open = Some((mode, dest, rel));
-        Ok(Some(io::BufWriter::with_capacity(WRITE_CHUNK, file)))
+        Ok(Some(file))
     }
 
-    fn close(&mut self, _: &str, out: Self::Out) -> io::Result<()> {
+    fn close(&mut self, _: &str, file: File) -> io::Result<()> {
         let (mode, dest, rel) = self
             .open
             .take()
             .ok_or_else(|| io::Error::other("no entry open"))?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         start_writeback(&file);
         match rel {
