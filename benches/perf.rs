@@ -17,7 +17,9 @@
 //!
 //! Run: `cargo bench --bench perf` (everything on 127.0.0.1: an in-process
 //! S3-protocol server and a wiremock file host). `PERF_QUICK=1` uses smaller
-//! sizes; `PERF_ONLY=create,rss,list,node,cold` picks sections.
+//! sizes; `PERF_ONLY=create,rss,list,node,cold` picks sections
+//! (`create-stored`, `create-deflated`, `node-stored` or `node-deflated`
+//! for half of a section).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -172,6 +174,33 @@ async fn spawn_answering(bin: &str, envs: &[(&str, String)], path: &str) -> (Pro
     )
 }
 
+/// CPU time (s) the threads of process `pid` (or "self") have run so far,
+/// summed from `/proc/{pid}/task/*/schedstat` (nanoseconds on a CPU).
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
+/// CPU time (s) of this process's children that have been waited for
+/// (`getrusage(RUSAGE_CHILDREN)`: user + system).
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 fn vm_hwm_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -217,10 +246,14 @@ fn row(what: &str, value: String, baseline: String, ratio: f64, target: &str) {
 
 async fn bench_create(s3: &S3Server, files: &FileHost, dir: &Path) {
     let size = if quick() { 16 * MIB } else { 64 * MIB };
-    let stored = plugin_zip("big", example_so("print"), size, 7);
-    create_vs_baseline(s3, files, dir, "stored", stored).await;
-    let deflated = deflated_plugin_zip("big", example_so("print"), size, 8);
-    create_vs_baseline(s3, files, dir, "deflated", deflated).await;
+    if wanted("create") || wanted("create-stored") {
+        let stored = plugin_zip("big", example_so("print"), size, 7);
+        create_vs_baseline(s3, files, dir, "stored", stored).await;
+    }
+    if wanted("create") || wanted("create-deflated") {
+        let deflated = deflated_plugin_zip("big", example_so("print"), size, 8);
+        create_vs_baseline(s3, files, dir, "deflated", deflated).await;
+    }
 }
 
 /// Row 1 for one zip: create vs download + upload, medians of 3.
@@ -230,9 +263,16 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
     let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
     let client = s3_client(s3).await;
     let http = reqwest::Client::new();
+    let pid = api.child.id().unwrap().to_string();
     let (mut creates, mut downloads, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU seconds per run: plugin-api's, and this process's (the S3 server,
+    // the file host and the clients) during the create and the baseline.
+    let (mut api_cpu, mut servers_cpu, mut baseline_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..3 {
+        let (a0, s0) = (cpu_secs(&pid), cpu_secs("self"));
         creates.push(create(&api.base, "sinks", "big", &url).await.as_secs_f64());
+        api_cpu.push(cpu_secs(&pid) - a0);
+        servers_cpu.push(cpu_secs("self") - s0);
         let r = http
             .delete(format!("{}/plugins/sinks/big", api.base))
             .send()
@@ -240,6 +280,7 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
             .unwrap();
         assert!(r.status().is_success());
         // Baseline: download to a file, then upload that file with the same S3 client.
+        let b0 = cpu_secs("self");
         let t = Instant::now();
         let path = dir.join(format!("baseline-{run}.zip"));
         let mut f = tokio::fs::File::create(&path).await.unwrap();
@@ -259,8 +300,10 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
             .await
             .unwrap();
         uploads.push(t.elapsed().as_secs_f64());
+        baseline_cpu.push(cpu_secs("self") - b0);
     }
     let (c, d, u) = (median(creates), median(downloads), median(uploads));
+    let (a, s, b) = (median(api_cpu), median(servers_cpu), median(baseline_cpu));
     row(
         &format!(
             "1. create {} MiB {kind} zip into S3 (s) vs down+upload",
@@ -269,7 +312,10 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
         format!("{c:.3}"),
         format!("{:.3}+{:.3}", d, u),
         c / (d + u),
-        "ratio <= 1",
+        &format!(
+            "ratio <= 1 (CPU s: plugin-api {a:.3} + servers {s:.3} = {:.3}, vs {b:.3} for the baseline)",
+            a + s
+        ),
     );
     drop(api);
 }
@@ -510,16 +556,25 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
     // its own files only.
     let (mut firsts, mut baselines) = (Vec::new(), Vec::new());
     let mut downloads = Vec::new();
+    // CPU seconds per run: kuiper-node's, this process's (the S3 server)
+    // during the sync, and this process's (client and server) during the fetch.
+    let (mut node_cpu, mut server_cpu, mut baseline_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let rounds = if quick() { 1 } else { 5 };
     for round in 0..rounds {
         flush_page_cache();
         let c0 = counts();
+        let (n0, s0) = (children_cpu_secs(), cpu_secs("self"));
         firsts.push(sync(dir.path().join(format!("node-{round}"))).await);
+        node_cpu.push(children_cpu_secs() - n0);
+        server_cpu.push(cpu_secs("self") - s0);
         downloads.push(counts().0 - c0.0);
         flush_page_cache();
+        let b0 = cpu_secs("self");
         baselines.push(fetch_all(dir.path().join(format!("baseline-{round}"))).await);
+        baseline_cpu.push(cpu_secs("self") - b0);
     }
     let (first, baseline) = (median(firsts), median(baselines));
+    let (nc, sc, bc) = (median(node_cpu), median(server_cpu), median(baseline_cpu));
     let after_baseline = counts();
     row(
         &format!("4. node first sync, {n} {kind} zips (s) vs fetch"),
@@ -527,8 +582,10 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
         format!("{baseline:.3}"),
         first / baseline,
         &format!(
-            "<= 1.5 (median of {rounds}; zip downloads per sync {downloads:?}, {:.2} MiB each)",
-            zip_bytes as f64 / n as f64 / MIB as f64
+            "<= 1.5 (median of {rounds}; zip downloads per sync {downloads:?}, {:.2} MiB each; \
+             CPU s: kuiper-node {nc:.2} + server {sc:.2} = {:.2}, vs {bc:.2} for the fetch)",
+            zip_bytes as f64 / n as f64 / MIB as f64,
+            nc + sc
         ),
     );
     if !unchanged {
@@ -649,7 +706,10 @@ async fn main() {
         "{:<58} {:>14} {:>14} {:>7}  target",
         "figure", "value", "baseline", "ratio"
     );
-    if wanted("create") {
+    if ["create", "create-stored", "create-deflated"]
+        .into_iter()
+        .any(wanted)
+    {
         bench_create(&s3, &files, dir.path()).await;
     }
     if wanted("rss") {
@@ -658,8 +718,10 @@ async fn main() {
     if wanted("list") {
         bench_listing().await;
     }
-    if wanted("node") {
+    if wanted("node") || wanted("node-stored") {
         bench_node(&files, false, true).await;
+    }
+    if wanted("node") || wanted("node-deflated") {
         // Plugin zips are usually deflated (`zip -r`): the node then
         // decompresses each library as it checks and extracts it.
         bench_node(&files, true, false).await;
