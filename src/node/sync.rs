@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Cursor, Read, Seek};
+use std::io::{self, Cursor, Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -1029,7 +1029,6 @@ fn check_and_extract<R: Read + Seek>(
         meta,
         files_dir: dir.join("files"),
         install_dir: dir.join("install"),
-        open: None,
         staged: Staged {
             files: Vec::new(),
             install_dir: None,
@@ -1081,17 +1080,36 @@ struct Extractor<'a> {
     files_dir: PathBuf,
     /// Root files for `install.sh`.
     install_dir: PathBuf,
-    /// The entry being written: its mode, staged path and destination.
-    open: Option<(u32, PathBuf, Option<String>)>,
     staged: Staged,
 }
 
-impl package::Extract for Extractor<'_> {
-    /// The file itself: the check writes each decoded block of up to
-    /// 64 KiB once, so a buffer would only copy the bytes once more.
-    type Out = File;
+/// One entry being extracted: its staged file, where that file goes once
+/// the entry is intact, and its mode.
+struct StagedFile {
+    /// Written straight through: the check hands over each decoded block of
+    /// up to 64 KiB once, so a buffer would only copy the bytes once more.
+    file: File,
+    dest: PathBuf,
+    /// Installed under the root at this path, or `None` for a file only
+    /// `install.sh` sees.
+    rel: Option<String>,
+    mode: u32,
+}
 
-    fn open(&mut self, entry: &str) -> io::Result<Option<Self::Out>> {
+impl Write for StagedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl package::Extract for Extractor<'_> {
+    type Out = StagedFile;
+
+    fn open(&mut self, entry: &str) -> io::Result<Option<StagedFile>> {
         let meta = self.meta;
         let Some(i) = meta.files.iter().position(|f| f.name == entry) else {
             return Ok(None);
@@ -1115,19 +1133,20 @@ impl package::Extract for Extractor<'_> {
             fs::create_dir_all(parent)?;
         }
         let file = File::options().write(true).create_new(true).open(&dest)?;
-        self.open = Some((mode, dest, rel));
-        Ok(Some(file))
+        Ok(Some(StagedFile {
+            file,
+            dest,
+            rel,
+            mode,
+        }))
     }
 
-    fn close(&mut self, _: &str, file: File) -> io::Result<()> {
-        let (mode, dest, rel) = self
-            .open
-            .take()
-            .ok_or_else(|| io::Error::other("no entry open"))?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        start_writeback(&file);
-        match rel {
-            Some(rel) => self.staged.files.push((rel, dest)),
+    fn close(&mut self, _: &str, out: StagedFile) -> io::Result<()> {
+        out.file
+            .set_permissions(fs::Permissions::from_mode(out.mode))?;
+        start_writeback(&out.file);
+        match out.rel {
+            Some(rel) => self.staged.files.push((rel, out.dest)),
             None => self.staged.install_dir = Some(self.install_dir.clone()),
         }
         Ok(())
