@@ -15,6 +15,12 @@
 //! 5. cold start of `plugin-api` (S3 store) vs a minimal lambda_http/hyper
 //!    service built with the same profile, and the binary's size.
 //!
+//! Rows 1 and 4 also print the CPU seconds a run took (the service's or the
+//! node's, plus this process's, which hosts the S3 server and the file host)
+//! and its CPU floor: the lowest ratio that much CPU work allows on this
+//! machine, with every core busy from start to end. A floor above the target
+//! means the target needs less work or more cores, not more overlap.
+//!
 //! Run: `cargo bench --bench perf` (everything on 127.0.0.1: an in-process
 //! S3-protocol server and a wiremock file host). `PERF_QUICK=1` uses smaller
 //! sizes; `PERF_ONLY=create,rss,list,node,cold` picks sections
@@ -188,6 +194,13 @@ fn cpu_secs(pid: &str) -> f64 {
     ns as f64 / 1e9
 }
 
+/// The lowest ratio to `baseline` (s) that a run needing `cpu` CPU seconds
+/// can reach on this machine: every core busy from start to end.
+fn cpu_floor(cpu: f64, baseline: f64) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpu / (cores as f64 * baseline)
+}
+
 /// CPU time (s) of this process's children that have been waited for
 /// (`getrusage(RUSAGE_CHILDREN)`: user + system).
 fn children_cpu_secs() -> f64 {
@@ -313,8 +326,10 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
         format!("{:.3}+{:.3}", d, u),
         c / (d + u),
         &format!(
-            "ratio <= 1 (CPU s: plugin-api {a:.3} + servers {s:.3} = {:.3}, vs {b:.3} for the baseline)",
-            a + s
+            "ratio <= 1 (CPU s: plugin-api {a:.3} + servers {s:.3} = {:.3}, vs {b:.3} for the baseline; \
+             CPU floor {:.2})",
+            a + s,
+            cpu_floor(a + s, d + u)
         ),
     );
     drop(api);
@@ -583,9 +598,11 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
         first / baseline,
         &format!(
             "<= 1.5 (median of {rounds}; zip downloads per sync {downloads:?}, {:.2} MiB each; \
-             CPU s: kuiper-node {nc:.2} + server {sc:.2} = {:.2}, vs {bc:.2} for the fetch)",
+             CPU s: kuiper-node {nc:.2} + server {sc:.2} = {:.2}, vs {bc:.2} for the fetch; \
+             CPU floor {:.2})",
             zip_bytes as f64 / n as f64 / MIB as f64,
-            nc + sc
+            nc + sc,
+            cpu_floor(nc + sc, baseline)
         ),
     );
     if !unchanged {
