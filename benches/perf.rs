@@ -73,8 +73,9 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Bytes drawn from eight symbols: deflate packs them about 2.3:1 and
-/// unpacks them at about the speed it does a built binary (355 against
-/// 400 MB/s out, measured with zlib-rs on the bench machine).
+/// unpacks them a little slower than a built binary (about 385 against
+/// 450 MB/s out for this project's release binary, measured with zlib-rs on
+/// its AVX2 path on the bench machine).
 fn compressible(len: usize, seed: u64) -> Vec<u8> {
     noise(len, seed)
         .into_iter()
