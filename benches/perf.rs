@@ -202,17 +202,38 @@ fn cpu_floor(cpu: f64, baseline: f64) -> f64 {
     cpu / (cores as f64 * baseline)
 }
 
-/// CPU time (s) of this process's children that have been waited for
-/// (`getrusage(RUSAGE_CHILDREN)`: user + system).
-fn children_cpu_secs() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
-        usage
-    };
+/// Runs `cmd` to its end (blocking) and asserts that it succeeded: the time
+/// it took (s) and the CPU seconds it used (user + system, its own and its
+/// waited-for children's, from `wait4`). Its own rusage, not
+/// `RUSAGE_CHILDREN`, which also takes in whatever earlier child this
+/// process happens to reap meanwhile.
+fn run_measured(mut cmd: std::process::Command) -> (f64, f64) {
+    use std::os::unix::process::ExitStatusExt as _;
+    let log = tempfile::tempfile().expect("temporary file");
+    let t = Instant::now();
+    // Waited for with wait4 below, which also gives its rusage.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.try_clone().expect("clone the log"))
+        .spawn()
+        .expect("spawn");
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, filling the two values it is given.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let took = t.elapsed().as_secs_f64();
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    let status = std::process::ExitStatus::from_raw(status);
+    if !status.success() {
+        let mut text = String::new();
+        let mut log = log;
+        std::io::Seek::rewind(&mut log).ok();
+        std::io::Read::read_to_string(&mut log, &mut text).ok();
+        panic!("{status}: {text}");
+    }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    (took, secs(usage.ru_utime) + secs(usage.ru_stime))
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -487,30 +508,20 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
     drop(api);
     let dir = tempfile::tempdir().unwrap();
     let stats = s3.stats().clone();
+    // A first or a later sync into `root`: its time (s) and its CPU seconds.
     let sync = |root: std::path::PathBuf| {
         let envs = s3_env(&s3);
         async move {
-            let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kuiper-node"));
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kuiper-node"));
             cmd.env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default());
             for (k, v) in envs {
                 cmd.env(k, v);
             }
-            let t = Instant::now();
-            let out = cmd
-                .arg("sync")
-                .arg("--root")
-                .arg(&root)
-                .stdin(Stdio::null())
-                .output()
+            cmd.arg("sync").arg("--root").arg(&root);
+            tokio::task::spawn_blocking(move || run_measured(cmd))
                 .await
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            t.elapsed().as_secs_f64()
+                .unwrap()
         }
     };
     let counts = || {
@@ -579,9 +590,10 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
     for round in 0..rounds {
         flush_page_cache();
         let c0 = counts();
-        let (n0, s0) = (children_cpu_secs(), cpu_secs("self"));
-        firsts.push(sync(dir.path().join(format!("node-{round}"))).await);
-        node_cpu.push(children_cpu_secs() - n0);
+        let s0 = cpu_secs("self");
+        let (took, cpu) = sync(dir.path().join(format!("node-{round}"))).await;
+        firsts.push(took);
+        node_cpu.push(cpu);
         server_cpu.push(cpu_secs("self") - s0);
         downloads.push(counts().0 - c0.0);
         flush_page_cache();
@@ -610,7 +622,7 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
         return;
     }
     // Again into the last round's directory, where nothing has changed.
-    let again = sync(dir.path().join(format!("node-{}", rounds - 1))).await;
+    let (again, _) = sync(dir.path().join(format!("node-{}", rounds - 1))).await;
     let c2 = counts();
     let c1 = after_baseline;
     row(
