@@ -181,18 +181,30 @@ async fn spawn_answering(bin: &str, envs: &[(&str, String)], path: &str) -> (Pro
     )
 }
 
-/// CPU time (s) the threads of process `pid` (or "self") have run so far,
-/// summed from `/proc/{pid}/task/*/schedstat` (nanoseconds on a CPU).
-fn cpu_secs(pid: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
+/// CPU time (s) process `pid` has used so far, user + system, exited threads
+/// included (`/proc/{pid}/stat`, in ticks of 10 ms).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line; the rest starts at field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// CPU time (s) this process has used so far, user + system, exited threads
+/// included (`getrusage(RUSAGE_SELF)`).
+fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
     };
-    let ns: u64 = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e9
+    timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime)
 }
 
 /// The lowest ratio to `baseline` (s) that a run needing `cpu` CPU seconds
@@ -200,6 +212,10 @@ fn cpu_secs(pid: &str) -> f64 {
 fn cpu_floor(cpu: f64, baseline: f64) -> f64 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cpu / (cores as f64 * baseline)
+}
+
+fn timeval_secs(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
 /// Runs `cmd` to its end (blocking) and asserts that it succeeded: the time
@@ -232,8 +248,10 @@ fn run_measured(mut cmd: std::process::Command) -> (f64, f64) {
         std::io::Read::read_to_string(&mut log, &mut text).ok();
         panic!("{status}: {text}");
     }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (took, secs(usage.ru_utime) + secs(usage.ru_stime))
+    (
+        took,
+        timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime),
+    )
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -298,16 +316,16 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
     let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(s3)).await;
     let client = s3_client(s3).await;
     let http = reqwest::Client::new();
-    let pid = api.child.id().unwrap().to_string();
+    let pid = api.child.id().unwrap();
     let (mut creates, mut downloads, mut uploads) = (Vec::new(), Vec::new(), Vec::new());
     // CPU seconds per run: plugin-api's, and this process's (the S3 server,
     // the file host and the clients) during the create and the baseline.
     let (mut api_cpu, mut servers_cpu, mut baseline_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..3 {
-        let (a0, s0) = (cpu_secs(&pid), cpu_secs("self"));
+        let (a0, s0) = (cpu_secs(pid), own_cpu_secs());
         creates.push(create(&api.base, "sinks", "big", &url).await.as_secs_f64());
-        api_cpu.push(cpu_secs(&pid) - a0);
-        servers_cpu.push(cpu_secs("self") - s0);
+        api_cpu.push(cpu_secs(pid) - a0);
+        servers_cpu.push(own_cpu_secs() - s0);
         let r = http
             .delete(format!("{}/plugins/sinks/big", api.base))
             .send()
@@ -315,7 +333,7 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
             .unwrap();
         assert!(r.status().is_success());
         // Baseline: download to a file, then upload that file with the same S3 client.
-        let b0 = cpu_secs("self");
+        let b0 = own_cpu_secs();
         let t = Instant::now();
         let path = dir.join(format!("baseline-{run}.zip"));
         let mut f = tokio::fs::File::create(&path).await.unwrap();
@@ -335,7 +353,7 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
             .await
             .unwrap();
         uploads.push(t.elapsed().as_secs_f64());
-        baseline_cpu.push(cpu_secs("self") - b0);
+        baseline_cpu.push(own_cpu_secs() - b0);
     }
     let (c, d, u) = (median(creates), median(downloads), median(uploads));
     let (a, s, b) = (median(api_cpu), median(servers_cpu), median(baseline_cpu));
@@ -348,7 +366,7 @@ async fn create_vs_baseline(s3: &S3Server, files: &FileHost, dir: &Path, kind: &
         format!("{:.3}+{:.3}", d, u),
         c / (d + u),
         &format!(
-            "ratio <= 1 (CPU s: plugin-api {a:.3} + servers {s:.3} = {:.3}, vs {b:.3} for the baseline; \
+            "ratio <= 1 (CPU s: plugin-api {a:.2} + servers {s:.2} = {:.2}, vs {b:.2} for the baseline; \
              CPU floor {:.2})",
             a + s,
             cpu_floor(a + s, d + u)
@@ -590,16 +608,16 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
     for round in 0..rounds {
         flush_page_cache();
         let c0 = counts();
-        let s0 = cpu_secs("self");
+        let s0 = own_cpu_secs();
         let (took, cpu) = sync(dir.path().join(format!("node-{round}"))).await;
         firsts.push(took);
         node_cpu.push(cpu);
-        server_cpu.push(cpu_secs("self") - s0);
+        server_cpu.push(own_cpu_secs() - s0);
         downloads.push(counts().0 - c0.0);
         flush_page_cache();
-        let b0 = cpu_secs("self");
+        let b0 = own_cpu_secs();
         baselines.push(fetch_all(dir.path().join(format!("baseline-{round}"))).await);
-        baseline_cpu.push(cpu_secs("self") - b0);
+        baseline_cpu.push(own_cpu_secs() - b0);
     }
     let (first, baseline) = (median(firsts), median(baselines));
     let (nc, sc, bc) = (median(node_cpu), median(server_cpu), median(baseline_cpu));
