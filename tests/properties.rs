@@ -65,9 +65,13 @@ fn verdicts(
     (plain, after_scan, scanned.len())
 }
 
-/// Keeps in memory every entry [`inspect_and_extract`] hands out.
+/// Keeps in memory every entry [`inspect_and_extract`] hands out; decodes
+/// deflated entries of up to `whole` bytes whole.
 #[derive(Default)]
-struct Collect(std::collections::BTreeMap<String, Vec<u8>>);
+struct Collect {
+    files: std::collections::BTreeMap<String, Vec<u8>>,
+    whole: u64,
+}
 
 impl Extract for Collect {
     type Out = Vec<u8>;
@@ -77,8 +81,12 @@ impl Extract for Collect {
     }
 
     fn close(&mut self, entry: &str, out: Vec<u8>) -> std::io::Result<()> {
-        self.0.insert(entry.to_string(), out);
+        self.files.insert(entry.to_string(), out);
         Ok(())
+    }
+
+    fn whole_entry_max(&self) -> u64 {
+        self.whole
     }
 }
 
@@ -99,17 +107,22 @@ fn extract_into(
     .map_err(|e| e.to_string())
 }
 
-/// The verdict of checking `zip` while extracting every entry, and what was extracted.
+/// The verdict of checking `zip` while extracting every entry, and what was
+/// extracted; deflated entries of up to `whole` bytes are decoded whole.
 fn extracted(
     zip: &[u8],
     limits: &ZipLimits,
+    whole: u64,
 ) -> (
     Result<PackageInfo, String>,
     std::collections::BTreeMap<String, Vec<u8>>,
 ) {
-    let mut into = Collect::default();
+    let mut into = Collect {
+        whole,
+        ..Collect::default()
+    };
     let verdict = extract_into(zip, limits, &mut into);
-    (verdict, into.0)
+    (verdict, into.files)
 }
 
 /// `len` bytes that deflate barely packs.
@@ -310,6 +323,7 @@ proptest! {
         damage in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>(), 1u8..), 0..3),
         cut in proptest::option::of(any::<prop::sample::Index>()),
         max_entry_bytes in prop_oneof![Just(1u64 << 30), 1u64..80_000],
+        whole in prop_oneof![Just(0u64), Just(u64::MAX), 0u64..80_000],
     ) {
         let mut z = ZipBuilder::new().file("P.so", library().to_vec());
         if stored {
@@ -342,9 +356,10 @@ proptest! {
             prop_assert_eq!(intact, entries, "every entry is scanned ({:?})", &plain);
         }
         prop_assert_eq!(&after_scan, &plain);
-        // Checking while extracting: the same verdict, and for a zip that
-        // passes, every file with the bytes the zip crate reads from it.
-        let (verdict, files) = extracted(&zip, &limits);
+        // Checking while extracting, decoding entries as streams or (up to
+        // `whole` bytes) whole: the same verdict, and for a zip that passes,
+        // every file with the bytes the zip crate reads from it.
+        let (verdict, files) = extracted(&zip, &limits, whole);
         prop_assert_eq!(&verdict, &plain);
         if let Ok(info) = &plain {
             let mut archive = zip::ZipArchive::new(std::io::Cursor::new(&zip)).unwrap();
@@ -382,7 +397,8 @@ fn extraction_reports_a_write_failure_for_its_entry() {
 
 /// A bomb (an entry packed far beyond the ratio limit) is refused with the
 /// verdict of the plain checks, and only about `max_ratio` times its
-/// compressed size reaches the extractor's writer, not the whole entry.
+/// compressed size reaches the extractor's writer, not the whole entry:
+/// when entries are decoded as streams, and when they may be decoded whole.
 #[test]
 fn extraction_of_a_bomb_stops_writing_at_the_ratio_limit() {
     use std::cell::Cell;
@@ -398,11 +414,14 @@ fn extraction_of_a_bomb_stops_writing_at_the_ratio_limit() {
             Ok(())
         }
     }
-    struct Counting(Rc<Cell<u64>>);
+    struct Counting(Rc<Cell<u64>>, u64);
     impl Extract for Counting {
         type Out = Counted;
         fn open(&mut self, _: &str) -> std::io::Result<Option<Counted>> {
             Ok(Some(Counted(Rc::clone(&self.0))))
+        }
+        fn whole_entry_max(&self) -> u64 {
+            self.1
         }
         fn close(&mut self, entry: &str, _: Counted) -> std::io::Result<()> {
             assert_eq!(
@@ -423,19 +442,22 @@ fn extraction_of_a_bomb_stops_writing_at_the_ratio_limit() {
         .by_name("etc/zeros.bin")
         .unwrap()
         .compressed_size();
-    let written = Rc::new(Cell::new(0));
-    let verdict = extract_into(&zip, &limits, &mut Counting(Rc::clone(&written))).unwrap_err();
     let plain = verdicts(&zip, &limits).0.unwrap_err();
-    assert_eq!(verdict, plain);
-    assert!(
-        verdict.contains("compression ratio above 200:1"),
-        "{verdict}"
-    );
     let library = library().len() as u64;
     let bound = library + (limits.max_ratio + 1) * compressed + (64 << 10);
-    let written = written.get();
-    assert!(
-        written <= bound,
-        "{written} bytes written for a {compressed}-byte bomb (bound {bound})"
-    );
+    for whole in [0, u64::MAX] {
+        let written = Rc::new(Cell::new(0));
+        let verdict =
+            extract_into(&zip, &limits, &mut Counting(Rc::clone(&written), whole)).unwrap_err();
+        assert_eq!(verdict, plain);
+        assert!(
+            verdict.contains("compression ratio above 200:1"),
+            "{verdict}"
+        );
+        let written = written.get();
+        assert!(
+            written <= bound,
+            "{written} bytes written for a {compressed}-byte bomb (bound {bound}, whole {whole})"
+        );
+    }
 }

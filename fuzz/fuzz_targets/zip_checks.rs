@@ -1,8 +1,9 @@
 //! Fuzzes the zip checks the registry and the nodes run on untrusted archives:
 //! they must never panic, what they accept must be safe to extract, and
 //! checking after a scan of the zip's local headers (as the registry does
-//! while a zip downloads) or while extracting every entry (as a node does)
-//! must give the same verdict as checking without.
+//! while a zip downloads) or while extracting every entry (as a node does,
+//! decoding entries as streams or whole) must give the same verdict as
+//! checking without.
 
 #![no_main]
 
@@ -12,9 +13,12 @@ use kuiper_registry::package::{
 };
 use libfuzzer_sys::fuzz_target;
 
-/// Keeps every entry it is handed, in memory.
-#[derive(Default)]
-struct Collect(Vec<(String, Vec<u8>)>);
+/// Keeps every entry it is handed, in memory; deflated entries of up to
+/// `whole` bytes are decoded whole.
+struct Collect {
+    files: Vec<(String, Vec<u8>)>,
+    whole: u64,
+}
 
 impl Extract for Collect {
     type Out = Vec<u8>;
@@ -24,8 +28,12 @@ impl Extract for Collect {
     }
 
     fn close(&mut self, entry: &str, out: Vec<u8>) -> std::io::Result<()> {
-        self.0.push((entry.to_string(), out));
+        self.files.push((entry.to_string(), out));
         Ok(())
+    }
+
+    fn whole_entry_max(&self) -> u64 {
+        self.whole
     }
 }
 
@@ -45,20 +53,29 @@ fuzz_target!(|data: &[u8]| {
             plain.as_ref().map_err(ToString::to_string),
             after_scan.as_ref().map_err(ToString::to_string)
         );
-        let mut into = Collect::default();
-        let extracted =
-            inspect_and_extract(std::io::Cursor::new(data), ty, "p", &[], &limits, &mut into);
-        assert_eq!(
-            plain.as_ref().map_err(ToString::to_string),
-            extracted.as_ref().map_err(ToString::to_string)
-        );
-        if let Ok(info) = &extracted {
-            // Every file was handed over whole, once.
-            assert_eq!(into.0.len(), info.files.len());
-            for ((name, bytes), f) in into.0.iter().zip(&info.files) {
-                assert_eq!((name, bytes.len() as u64), (&f.name, f.size));
+        let mut extractions = Vec::new();
+        for whole in [0, u64::MAX] {
+            let mut into = Collect {
+                files: Vec::new(),
+                whole,
+            };
+            let extracted =
+                inspect_and_extract(std::io::Cursor::new(data), ty, "p", &[], &limits, &mut into);
+            assert_eq!(
+                plain.as_ref().map_err(ToString::to_string),
+                extracted.as_ref().map_err(ToString::to_string)
+            );
+            if let Ok(info) = &extracted {
+                // Every file was handed over whole, once.
+                assert_eq!(into.files.len(), info.files.len());
+                for ((name, bytes), f) in into.files.iter().zip(&info.files) {
+                    assert_eq!((name, bytes.len() as u64), (&f.name, f.size));
+                }
             }
+            extractions.push(into.files);
         }
+        // Decoded as streams or whole, the same bytes.
+        assert_eq!(extractions[0], extractions[1]);
         if let Ok(info) = plain {
             assert!(
                 info.so_file == "P.so"

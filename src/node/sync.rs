@@ -59,6 +59,9 @@ const PLUGINS_PREFIX: &str = "plugins/";
 /// of it (and is at most [`IN_MEMORY_MAX`]) is downloaded into memory, hashed
 /// and extracted from there, and never written to disk whole; the others
 /// are streamed to a file under `.kuiper-node/tmp/` first.
+/// Entries are also decoded whole within it ([`package::Extract::whole_entry_max`]):
+/// a plugin whose largest file fits in what is left (twice over, for the
+/// compressed bytes too) has its entries decoded in memory, faster than as a stream.
 const MEMORY_BUDGET: usize = 64 << 20;
 
 /// Largest zip downloaded into memory.
@@ -646,6 +649,16 @@ impl<S: Store> Ctx<'_, S> {
             }
             Download::File(zip_path)
         };
+        // Memory to decode entries whole in, if the budget has it now.
+        let largest = meta.files.iter().map(|f| f.size).max().unwrap_or(0);
+        let whole = u32::try_from(largest.saturating_mul(2))
+            .ok()
+            .and_then(|n| {
+                Arc::clone(&self.memory)
+                    .try_acquire_many_owned(n.max(1))
+                    .ok()
+            })
+            .map(|permit| (largest, permit));
         let staged = {
             let (meta, dir, limits, arch) = (
                 meta.clone(),
@@ -653,9 +666,12 @@ impl<S: Store> Ctx<'_, S> {
                 self.opts.zip_limits,
                 self.opts.arch.clone(),
             );
-            tokio::task::spawn_blocking(move || stage(&meta, &dir, &download, &limits, &arch))
-                .await
-                .map_err(|e| format!("staging failed: {e}"))??
+            tokio::task::spawn_blocking(move || {
+                let whole_max = whole.as_ref().map_or(0, |(largest, _)| *largest);
+                stage(&meta, &dir, &download, &limits, &arch, whole_max)
+            })
+            .await
+            .map_err(|e| format!("staging failed: {e}"))??
         };
         if let Some(dir) = &staged.install_dir {
             run_install_script(dir, &meta.shell_paras, self.opts.install_timeout).await?;
@@ -987,6 +1003,7 @@ fn stage(
     download: &Download,
     limits: &ZipLimits,
     arch: &str,
+    whole_entry_max: u64,
 ) -> Result<Staged, String> {
     let (sha256, size) = match download {
         Download::Memory { zip, .. } => (hex::encode(Sha256::digest(zip)), zip.len() as u64),
@@ -1003,12 +1020,24 @@ fn stage(
         ));
     }
     match download {
-        Download::Memory { zip, .. } => {
-            check_and_extract(meta, dir, Cursor::new(zip.as_ref()), limits, arch)
-        }
+        Download::Memory { zip, .. } => check_and_extract(
+            meta,
+            dir,
+            Cursor::new(zip.as_ref()),
+            limits,
+            arch,
+            whole_entry_max,
+        ),
         Download::File(path) => {
             let file = File::open(path).map_err(|e| format!("cannot open the download: {e}"))?;
-            check_and_extract(meta, dir, io::BufReader::new(file), limits, arch)
+            check_and_extract(
+                meta,
+                dir,
+                io::BufReader::new(file),
+                limits,
+                arch,
+                whole_entry_max,
+            )
         }
     }
 }
@@ -1023,10 +1052,12 @@ fn check_and_extract<R: Read + Seek>(
     reader: R,
     limits: &ZipLimits,
     arch: &str,
+    whole_entry_max: u64,
 ) -> Result<Staged, String> {
     let ty = meta.plugin_type;
     let mut into = Extractor {
         meta,
+        whole_entry_max,
         files_dir: dir.join("files"),
         install_dir: dir.join("install"),
         staged: Staged {
@@ -1076,6 +1107,8 @@ fn check_and_extract<R: Read + Seek>(
 /// the files to disk ([`flush_fs`]) before renaming them into place.
 struct Extractor<'a> {
     meta: &'a PluginMeta,
+    /// See [`package::Extract::whole_entry_max`]: memory the node set aside.
+    whole_entry_max: u64,
     /// Files to install, named by their index in `meta.files`.
     files_dir: PathBuf,
     /// Root files for `install.sh`.
@@ -1139,6 +1172,10 @@ impl package::Extract for Extractor<'_> {
             rel,
             mode,
         }))
+    }
+
+    fn whole_entry_max(&self) -> u64 {
+        self.whole_entry_max
     }
 
     fn close(&mut self, _: &str, out: StagedFile) -> io::Result<()> {
