@@ -500,8 +500,13 @@ impl WholeInflater {
         size: u64,
         crc: u32,
     ) -> Option<Vec<u8>> {
-        let mut input = Vec::with_capacity(usize::try_from(compressed).ok()?);
+        // Grown as read: the declared size is only a claim (the output's
+        // size is bounded by the limits before this is called).
+        let mut input = Vec::new();
         raw.take(compressed).read_to_end(&mut input).ok()?;
+        if input.len() as u64 != compressed {
+            return None;
+        }
         let mut out = vec![0u8; usize::try_from(size).ok()?];
         let decoded = self
             .decompressor
