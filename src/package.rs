@@ -473,10 +473,16 @@ pub trait Extract {
     fn close(&mut self, entry: &str, out: Self::Out) -> io::Result<()>;
     /// The largest deflated entry (declared size, and compressed size) that
     /// may be decoded whole in memory rather than as a stream: up to twice
-    /// this many bytes are held while it decodes. Whole decoding (libdeflate)
-    /// is faster; an entry it cannot decode exactly as declared is decoded
-    /// again as a stream, which gives the verdict. 0 (the default): always
+    /// this many bytes are held while it decodes. 0 (the default): always
     /// stream.
+    ///
+    /// Whole decoding (libdeflate) is about twice as fast. An entry it cannot
+    /// decode to exactly its declared size and CRC-32 is decoded again as a
+    /// stream, which gives the verdict, so every zip the streaming checks
+    /// accept is accepted the same way. libdeflate also decodes a few
+    /// constructs the deflate format reserves (length symbols 286 and 287,
+    /// distance codes 30 and 31), which the streaming checks refuse: a zip
+    /// using them, which the service never stores, can pass when decoded whole.
     fn whole_entry_max(&self) -> u64 {
         0
     }
@@ -492,7 +498,7 @@ impl WholeInflater {
     /// The entry's bytes if its `compressed` raw bytes, read from `raw`,
     /// decode to exactly `size` bytes with CRC-32 `crc`; `None` otherwise
     /// (damaged, not as declared, or not readable), for the streaming path
-    /// to decide.
+    /// to decide. Holds `compressed + size` bytes.
     fn inflate(
         &mut self,
         raw: &mut impl Read,
@@ -500,9 +506,8 @@ impl WholeInflater {
         size: u64,
         crc: u32,
     ) -> Option<Vec<u8>> {
-        // Grown as read: the declared size is only a claim (the output's
-        // size is bounded by the limits before this is called).
-        let mut input = Vec::new();
+        // The caller bounds `compressed` by the zip's length and the budget.
+        let mut input = Vec::with_capacity(usize::try_from(compressed).ok()?);
         raw.take(compressed).read_to_end(&mut input).ok()?;
         if input.len() as u64 != compressed {
             return None;
@@ -559,7 +564,7 @@ pub fn inspect_and_extract<R: Read + Seek>(
 /// The checks of [`inspect_zip`]. An entry `scanned` vouches for is not
 /// decompressed again unless `extract` asks for its bytes.
 fn inspect<R: Read + Seek, E: Extract>(
-    reader: R,
+    mut reader: R,
     ty: PluginType,
     name: &str,
     shell_paras: &[String],
@@ -567,6 +572,11 @@ fn inspect<R: Read + Seek, E: Extract>(
     scanned: &Scanned,
     extract: &mut E,
 ) -> Result<PackageInfo, PackageError> {
+    // What an entry's raw bytes can be at most, whatever its header claims.
+    let zip_len = reader
+        .seek(io::SeekFrom::End(0))
+        .and_then(|len| reader.rewind().map(|()| len))
+        .map_err(|e| PackageError::NotAZip(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| PackageError::NotAZip(e.to_string()))?;
     if zip.len() > limits.max_entries {
         return Err(PackageError::TooManyEntries(limits.max_entries));
@@ -662,21 +672,23 @@ fn inspect<R: Read + Seek, E: Extract>(
             entry: entry.clone(),
             reason: e.to_string(),
         };
-        let mut out = extract.open(&entry).map_err(extract_err)?;
         // Whole decoding, when allowed and the entry is within every limit
         // as declared; whatever it cannot settle is decoded as a stream.
-        let whole = (method == zip::CompressionMethod::Deflated
-            && (verified.is_none() || out.is_some())
+        let whole = if inflater.max > 0
+            && method == zip::CompressionMethod::Deflated
             && declared <= inflater.max
-            && compressed <= inflater.max
+            && compressed <= inflater.max.min(zip_len)
             && check_size(&entry, declared, total, limits).is_ok()
-            && !ratio_too_high(declared, compressed, limits))
-        .then(|| {
-            let mut raw = zip.by_index_raw(i).ok()?;
-            inflater.inflate(&mut raw, compressed, declared, crc)
-        })
-        .flatten();
-        let (size, prefix) = if let Some(bytes) = whole {
+            && !ratio_too_high(declared, compressed, limits)
+        {
+            zip.by_index_raw(i)
+                .ok()
+                .and_then(|mut raw| inflater.inflate(&mut raw, compressed, declared, crc))
+        } else {
+            None
+        };
+        let (out, size, prefix) = if let Some(bytes) = whole {
+            let mut out = extract.open(&entry).map_err(extract_err)?;
             if let Some(out) = out.as_mut() {
                 // In pieces: one write of megabytes into a new file took the
                 // kernel several times as long per byte (measured on ext4).
@@ -684,10 +696,11 @@ fn inspect<R: Read + Seek, E: Extract>(
                     out.write_all(chunk).map_err(extract_err)?;
                 }
             }
-            (declared, bytes[..keep.min(bytes.len())].to_vec())
+            (out, declared, bytes[..keep.min(bytes.len())].to_vec())
         } else {
             let mut file = zip.by_index(i).map_err(|e| corrupt(&e))?;
-            match (verified, out.as_mut()) {
+            let mut out = extract.open(&entry).map_err(extract_err)?;
+            let (size, prefix) = match (verified, out.as_mut()) {
                 (Some(size), None) => {
                     check_size(&entry, size, total, limits)?;
                     let mut prefix = Vec::with_capacity(keep);
@@ -698,7 +711,8 @@ fn inspect<R: Read + Seek, E: Extract>(
                     (size, prefix)
                 }
                 (_, out) => read_entry(&mut file, &entry, keep, limits, total, compressed, out)?,
-            }
+            };
+            (out, size, prefix)
         };
         total += size;
         if ratio_too_high(size, compressed, limits) {
@@ -941,6 +955,72 @@ pub fn host_arch() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn whole(raw: &[u8], compressed: u64, size: u64, crc: u32) -> Option<Vec<u8>> {
+        WholeInflater {
+            max: u64::MAX,
+            decompressor: None,
+        }
+        .inflate(&mut &raw[..], compressed, size, crc)
+    }
+
+    #[test]
+    fn whole_decoding_takes_only_an_entry_exactly_as_declared() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i / 7 % 251) as u8).collect();
+        let raw = deflate(&data);
+        let (n, size, crc) = (raw.len() as u64, data.len() as u64, crc32fast::hash(&data));
+        assert_eq!(whole(&raw, n, size, crc), Some(data));
+        assert_eq!(whole(&raw, n, size, crc ^ 1), None, "CRC-32 differs");
+        assert_eq!(whole(&raw, n, size + 1, crc), None, "shorter than declared");
+        assert_eq!(whole(&raw, n, size - 1, crc), None, "longer than declared");
+        assert_eq!(whole(&raw, n + 5, size, crc), None, "raw bytes missing");
+        let mut damaged = raw.clone();
+        damaged[n as usize / 2] ^= 0x55;
+        assert_eq!(whole(&damaged, n, size, crc), None, "damaged");
+    }
+
+    /// A fixed-Huffman block: 'A', then length symbol 286 (reserved by the
+    /// deflate format) at distance 1, then the end of the block.
+    fn reserved_length_symbol() -> Vec<u8> {
+        let mut bits = Vec::new();
+        let mut put = |v: u32, n: u32, msb_first: bool| {
+            for i in 0..n {
+                let shift = if msb_first { n - 1 - i } else { i };
+                bits.push((v >> shift) & 1);
+            }
+        };
+        put(1, 1, false); // final block
+        put(1, 2, false); // fixed Huffman codes
+        put(0x30 + u32::from(b'A'), 8, true);
+        put(0xC0 + (286 - 280), 8, true);
+        put(0, 5, true); // distance code 0: distance 1
+        put(0, 7, true); // end of block
+        bits.chunks(8)
+            .map(|byte| byte.iter().enumerate().map(|(i, b)| (b << i) as u8).sum())
+            .collect()
+    }
+
+    /// The documented difference (see `Extract::whole_entry_max`): the
+    /// streaming checks refuse a reserved length symbol, whole decoding
+    /// takes it (as length 258) when size and CRC-32 match.
+    #[test]
+    fn whole_decoding_takes_a_reserved_length_symbol_the_stream_refuses() {
+        let raw = reserved_length_symbol();
+        let mut streamed = Vec::new();
+        assert!(flate2::read::DeflateDecoder::new(&raw[..])
+            .read_to_end(&mut streamed)
+            .is_err());
+        let expected = vec![b'A'; 259];
+        let crc = crc32fast::hash(&expected);
+        assert_eq!(whole(&raw, raw.len() as u64, 259, crc), Some(expected));
+    }
 
     #[test]
     fn names() {

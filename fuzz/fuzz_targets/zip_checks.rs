@@ -3,13 +3,13 @@
 //! checking after a scan of the zip's local headers (as the registry does
 //! while a zip downloads) or while extracting every entry (as a node does,
 //! decoding entries as streams or whole) must give the same verdict as
-//! checking without.
+//! checking without (but for the one documented leniency of whole decoding).
 
 #![no_main]
 
 use kuiper_registry::package::{
     check_entry_name, inspect_and_extract, inspect_zip, inspect_zip_scanned, scan_entries, Extract,
-    PluginType, ZipLimits,
+    PackageError, PluginType, ZipLimits,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -61,10 +61,19 @@ fuzz_target!(|data: &[u8]| {
             };
             let extracted =
                 inspect_and_extract(std::io::Cursor::new(data), ty, "p", &[], &limits, &mut into);
-            assert_eq!(
-                plain.as_ref().map_err(ToString::to_string),
-                extracted.as_ref().map_err(ToString::to_string)
-            );
+            // The one documented difference (`Extract::whole_entry_max`):
+            // whole decoding also takes a few constructs deflate reserves,
+            // which the streams refuse as corrupt. The files' sizes are
+            // still checked below.
+            let lenient = whole > 0
+                && matches!(plain, Err(PackageError::Corrupt { .. }))
+                && extracted.is_ok();
+            if !lenient {
+                assert_eq!(
+                    plain.as_ref().map_err(ToString::to_string),
+                    extracted.as_ref().map_err(ToString::to_string)
+                );
+            }
             if let Ok(info) = &extracted {
                 // Every file was handed over whole, once.
                 assert_eq!(into.files.len(), info.files.len());
@@ -72,10 +81,12 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!((name, bytes.len() as u64), (&f.name, f.size));
                 }
             }
-            extractions.push(into.files);
+            extractions.push((lenient, into.files));
         }
         // Decoded as streams or whole, the same bytes.
-        assert_eq!(extractions[0], extractions[1]);
+        if !extractions[1].0 {
+            assert_eq!(extractions[0].1, extractions[1].1);
+        }
         if let Ok(info) = plain {
             assert!(
                 info.so_file == "P.so"

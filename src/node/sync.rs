@@ -649,26 +649,16 @@ impl<S: Store> Ctx<'_, S> {
             }
             Download::File(zip_path)
         };
-        // Memory to decode entries whole in, if the budget has it now.
-        let largest = meta.files.iter().map(|f| f.size).max().unwrap_or(0);
-        let whole = u32::try_from(largest.saturating_mul(2))
-            .ok()
-            .and_then(|n| {
-                Arc::clone(&self.memory)
-                    .try_acquire_many_owned(n.max(1))
-                    .ok()
-            })
-            .map(|permit| (largest, permit));
         let staged = {
-            let (meta, dir, limits, arch) = (
+            let (meta, dir, limits, arch, memory) = (
                 meta.clone(),
                 work.0.clone(),
                 self.opts.zip_limits,
                 self.opts.arch.clone(),
+                Arc::clone(&self.memory),
             );
             tokio::task::spawn_blocking(move || {
-                let whole_max = whole.as_ref().map_or(0, |(largest, _)| *largest);
-                stage(&meta, &dir, &download, &limits, &arch, whole_max)
+                stage(&meta, &dir, &download, &limits, &arch, &memory)
             })
             .await
             .map_err(|e| format!("staging failed: {e}"))??
@@ -1003,7 +993,7 @@ fn stage(
     download: &Download,
     limits: &ZipLimits,
     arch: &str,
-    whole_entry_max: u64,
+    memory: &Semaphore,
 ) -> Result<Staged, String> {
     let (sha256, size) = match download {
         Download::Memory { zip, .. } => (hex::encode(Sha256::digest(zip)), zip.len() as u64),
@@ -1019,6 +1009,14 @@ fn stage(
             meta.size
         ));
     }
+    // Memory to decode entries whole in, if the budget has it now: twice
+    // the largest file, for its compressed bytes and its output.
+    let largest = meta.files.iter().map(|f| f.size).max().unwrap_or(0);
+    let whole = u32::try_from(largest.saturating_mul(2))
+        .ok()
+        .filter(|&n| n > 0)
+        .and_then(|n| memory.try_acquire_many(n).ok());
+    let whole_entry_max = if whole.is_some() { largest } else { 0 };
     match download {
         Download::Memory { zip, .. } => check_and_extract(
             meta,
