@@ -57,6 +57,16 @@ struct Common {
     /// Most plugins downloaded at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
+    /// Most bytes of zips and decoded files held in memory at once; zips and
+    /// files that do not fit go through disk, more slowly. 0: everything
+    /// through disk. The same files are installed whatever the value.
+    #[arg(
+        long,
+        env = "KUIPER_NODE_MEMORY_BYTES",
+        default_value_t = node::DEFAULT_MEMORY_BYTES as u64,
+        value_parser = clap::value_parser!(u64).range(0..=u64::from(u32::MAX))
+    )]
+    memory_bytes: u64,
 }
 
 impl Common {
@@ -65,6 +75,7 @@ impl Common {
         opts.jobs = usize::from(self.jobs);
         opts.allow_install_scripts = self.allow_install_scripts;
         opts.install_timeout = self.install_timeout;
+        opts.memory_bytes = usize::try_from(self.memory_bytes).unwrap_or(usize::MAX);
         opts
     }
 }

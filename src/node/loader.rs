@@ -105,21 +105,32 @@ unsafe fn c_string(p: *const c_char) -> Option<Result<String, String>> {
 /// segments they map and its section headers lie within the file. glibc's
 /// `dlopen` maps a truncated library's segments past the end of the file and
 /// the process dies with SIGBUS when they are touched, so this runs first.
+/// Reads the headers only, not the segments: a library of hundreds of MiB
+/// costs no more memory than a small one.
 pub fn check_complete_elf(path: &Path) -> Result<(), String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let result = match object::FileKind::parse(&*data) {
+    let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot_read)?;
+    let len = file.metadata().map_err(cannot_read)?.len();
+    let data = object::ReadCache::new(file);
+    let result = match object::FileKind::parse(&data) {
         Ok(object::FileKind::Elf64) => {
-            check_elf::<object::elf::FileHeader64<object::Endianness>>(&data)
+            check_elf::<object::elf::FileHeader64<object::Endianness>, _>(&data, len)
         }
         Ok(object::FileKind::Elf32) => {
-            check_elf::<object::elf::FileHeader32<object::Endianness>>(&data)
+            check_elf::<object::elf::FileHeader32<object::Endianness>, _>(&data, len)
         }
         _ => Err("it is not an ELF file".to_string()),
     };
     result.map_err(|e| format!("cannot load {}: {e}; not loaded", path.display()))
 }
 
-fn check_elf<H: FileHeader<Endian = object::Endianness>>(data: &[u8]) -> Result<(), String> {
+/// [`check_complete_elf`] for one ELF class, over the file's bytes `data`
+/// (read as needed) and its length `len`.
+fn check_elf<'data, H, R>(data: R, len: u64) -> Result<(), String>
+where
+    H: FileHeader<Endian = object::Endianness>,
+    R: object::ReadRef<'data>,
+{
     let header = H::parse(data).map_err(|e| format!("bad ELF header: {e}"))?;
     let endian = header
         .endian()
@@ -128,12 +139,11 @@ fn check_elf<H: FileHeader<Endian = object::Endianness>>(data: &[u8]) -> Result<
         .program_headers(endian, data)
         .map_err(|e| format!("the file is truncated or corrupt (program headers: {e})"))?;
     for p in phdrs {
-        if p.data(endian, data).is_err() {
-            let (offset, size) = p.file_range(endian);
+        let (offset, size) = p.file_range(endian);
+        if offset.checked_add(size).is_none_or(|end| end > len) {
             return Err(format!(
-                "the file is truncated: a segment spans bytes {offset}..{} but the file has {} bytes",
+                "the file is truncated: a segment spans bytes {offset}..{} but the file has {len} bytes",
                 offset.saturating_add(size),
-                data.len()
             ));
         }
     }

@@ -28,7 +28,7 @@ use crate::store::s3::S3Store;
 use crate::store::StoreUrl;
 
 pub use loader::{LoadedInfo, LoadedPlugin};
-pub use sync::{sync, SyncOptions, Synced};
+pub use sync::{sync, SyncOptions, Synced, DEFAULT_MEMORY_BYTES};
 
 /// A plugin named in a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

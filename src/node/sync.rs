@@ -55,14 +55,8 @@ use crate::store::{keys, Listed, Store};
 /// Where every type's metadata is: listed once per sync.
 const PLUGINS_PREFIX: &str = "plugins/";
 
-/// Most bytes of zips held in memory at once. A zip that fits in what is left
-/// of it (and is at most [`IN_MEMORY_MAX`]) is downloaded into memory, hashed
-/// and extracted from there, and never written to disk whole; the others
-/// are streamed to a file under `.kuiper-node/tmp/` first.
-/// Entries are also decoded whole within it ([`package::Extract::whole_entry_max`]):
-/// a plugin whose largest file fits in what is left (twice over, for the
-/// compressed bytes too) has its entries decoded in memory, faster than as a stream.
-const MEMORY_BUDGET: usize = 64 << 20;
+/// The default of [`SyncOptions::memory_bytes`]: 64 MiB.
+pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
 
 /// Largest zip downloaded into memory.
 const IN_MEMORY_MAX: u64 = 16 << 20;
@@ -95,11 +89,22 @@ pub struct SyncOptions {
     pub zip_limits: ZipLimits,
     /// The node's architecture, as ELF machines are named (`x86_64`, ...).
     pub arch: String,
+    /// Most bytes of zips and decoded files held in memory at once (the
+    /// memory budget). A zip that fits in what is left of it (and is at most
+    /// 16 MiB) is downloaded into memory, hashed and extracted from there,
+    /// never written to disk whole; the others are streamed to a file under
+    /// `.kuiper-node/tmp/` first. A plugin whose largest file fits in what is
+    /// left, twice over (its compressed bytes and its output), has its entries
+    /// decoded whole ([`package::Extract::whole_entry_max`]), faster than as a
+    /// stream. 0 streams everything through files: slower, least memory.
+    /// The same files are installed whatever the budget.
+    pub memory_bytes: usize,
 }
 
 impl SyncOptions {
     /// Defaults for `root`: 8 parallel downloads, no install scripts, a
-    /// 5-minute script timeout, the default zip limits, this machine's architecture.
+    /// 5-minute script timeout, the default zip limits, this machine's
+    /// architecture, a 64 MiB memory budget.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         SyncOptions {
             root: root.into(),
@@ -108,6 +113,7 @@ impl SyncOptions {
             install_timeout: Duration::from_secs(300),
             zip_limits: ZipLimits::default(),
             arch: package::host_arch().to_string(),
+            memory_bytes: DEFAULT_MEMORY_BYTES,
         }
     }
 }
@@ -202,7 +208,7 @@ struct Ctx<'a, S> {
     root: PathBuf,
     tmp: PathBuf,
     book: Arc<Book>,
-    /// [`MEMORY_BUDGET`], in bytes.
+    /// [`SyncOptions::memory_bytes`], in bytes.
     memory: Arc<Semaphore>,
     report: Mutex<Report>,
     progress: &'a Progress,
@@ -276,7 +282,9 @@ pub async fn sync<S: Store>(
             writing: Mutex::new(()),
             dirty: AtomicBool::new(false),
         }),
-        memory: Arc::new(Semaphore::new(MEMORY_BUDGET)),
+        memory: Arc::new(Semaphore::new(
+            opts.memory_bytes.min(Semaphore::MAX_PERMITS),
+        )),
         report: Mutex::new(Report::default()),
         progress,
     };
@@ -340,7 +348,8 @@ impl Drop for WorkDir {
 
 /// A downloaded zip.
 enum Download {
-    /// Small zips are kept in memory, holding their share of [`MEMORY_BUDGET`].
+    /// Small zips are kept in memory, holding their share of the memory budget
+    /// ([`SyncOptions::memory_bytes`]).
     Memory {
         zip: Bytes,
         _budget: OwnedSemaphorePermit,

@@ -76,17 +76,26 @@ async fn damaged_entry_installs_nothing(env: Env) {
     meta["size"] = json!(zip.len());
     std::fs::write(&meta_path, meta.to_string()).unwrap();
 
-    let run = env.run_once(&[]).await;
-    run.assert_failed();
-    let err = run.error_of("sinks/print");
-    assert!(err.contains("fails the node's check"), "{err}");
-    assert!(err.contains("\"Print.so\" cannot be read"), "{err}");
-    assert_eq!(run.list("installed"), ["sources/random@"]);
-    assert!(
-        env.node_files().iter().all(|f| !f.contains("sinks")),
-        "{:?}",
-        env.node_files()
-    );
+    // With no memory budget the zip goes through disk and the library is
+    // decoded as a stream; with the default one, both stay in memory.
+    let scratch = env.scratch();
+    for (i, budget) in [&["--memory-bytes", "0"][..], &[]].into_iter().enumerate() {
+        let (store, root) = (env.store_arg(), scratch.join(format!("node-{i}")));
+        let root = root.display().to_string();
+        let mut args = vec!["run", "--once", "--store", &store, "--root", &root];
+        args.extend_from_slice(budget);
+        let run = env.node_with_args(&args).await;
+        run.assert_failed();
+        let err = run.error_of("sinks/print");
+        assert!(err.contains("fails the node's check"), "{budget:?}: {err}");
+        assert!(
+            err.contains("\"Print.so\" cannot be read"),
+            "{budget:?}: {err}"
+        );
+        assert_eq!(run.list("installed"), ["sources/random@"]);
+        let files = crate::common::files_under(std::path::Path::new(&root));
+        assert!(files.iter().all(|f| !f.contains("sinks")), "{files:?}");
+    }
 }
 
 /// The example sink with its ELF machine changed to another architecture.
