@@ -219,11 +219,15 @@ fn timeval_secs(t: libc::timeval) -> f64 {
 }
 
 /// Runs `cmd` to its end (blocking) and asserts that it succeeded: the time
-/// it took (s) and the CPU seconds it used (user + system, its own and its
-/// waited-for children's, from `wait4`). Its own rusage, not
+/// it took (s), the CPU seconds it used (user + system, its own and its
+/// waited-for children's, from `wait4`; its own rusage, not
 /// `RUSAGE_CHILDREN`, which also takes in whatever earlier child this
-/// process happens to reap meanwhile.
-fn run_measured(mut cmd: std::process::Command) -> (f64, f64) {
+/// process happens to reap meanwhile) and, with `watch_memory`, its peak RSS
+/// (MiB): its `VmHWM`, read every 5 ms while it runs. Not `wait4`'s
+/// `ru_maxrss`, which also counts the memory of this large process, the
+/// command's before it was exec'd. The last reading before it exits is its
+/// peak up to then.
+fn run_measured(mut cmd: std::process::Command, watch_memory: bool) -> (f64, f64, f64) {
     use std::os::unix::process::ExitStatusExt as _;
     let log = tempfile::tempfile().expect("temporary file");
     let t = Instant::now();
@@ -235,6 +239,21 @@ fn run_measured(mut cmd: std::process::Command) -> (f64, f64) {
         .stderr(log.try_clone().expect("clone the log"))
         .spawn()
         .expect("spawn");
+    let watcher = watch_memory.then(|| {
+        let pid = child.id();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            // Until it has exited (a zombie's status has no VmHWM).
+            loop {
+                let now = vm_hwm_kib(pid);
+                if now == 0 {
+                    return peak;
+                }
+                peak = peak.max(now);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    });
     let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     // SAFETY: waits for our own child, filling the two values it is given.
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
@@ -248,9 +267,11 @@ fn run_measured(mut cmd: std::process::Command) -> (f64, f64) {
         std::io::Read::read_to_string(&mut log, &mut text).ok();
         panic!("{status}: {text}");
     }
+    let peak_kib = watcher.map_or(0, |w| w.join().expect("memory watcher"));
     (
         took,
         timeval_secs(usage.ru_utime) + timeval_secs(usage.ru_stime),
+        peak_kib as f64 / 1024.0,
     )
 }
 
@@ -526,8 +547,9 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
     drop(api);
     let dir = tempfile::tempdir().unwrap();
     let stats = s3.stats().clone();
-    // A first or a later sync into `root`: its time (s) and its CPU seconds.
-    let sync = |root: std::path::PathBuf| {
+    // A first or a later sync into `root` with `extra` flags: its time (s),
+    // its CPU seconds and, when `watched`, its peak RSS (MiB).
+    let sync_with = |root: std::path::PathBuf, extra: &'static [&'static str], watched: bool| {
         let envs = s3_env(&s3);
         async move {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kuiper-node"));
@@ -536,10 +558,17 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
             for (k, v) in envs {
                 cmd.env(k, v);
             }
-            cmd.arg("sync").arg("--root").arg(&root);
-            tokio::task::spawn_blocking(move || run_measured(cmd))
+            cmd.arg("sync").arg("--root").arg(&root).args(extra);
+            tokio::task::spawn_blocking(move || run_measured(cmd, watched))
                 .await
                 .unwrap()
+        }
+    };
+    let sync = |root: std::path::PathBuf| {
+        let run = sync_with(root, &[], false);
+        async move {
+            let (took, cpu, _) = run.await;
+            (took, cpu)
         }
     };
     let counts = || {
@@ -621,7 +650,6 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
     }
     let (first, baseline) = (median(firsts), median(baselines));
     let (nc, sc, bc) = (median(node_cpu), median(server_cpu), median(baseline_cpu));
-    let after_baseline = counts();
     row(
         &format!("4. node first sync, {n} {kind} zips (s) vs fetch"),
         format!("{first:.3}"),
@@ -636,13 +664,37 @@ async fn bench_node(files: &FileHost, deflated: bool, unchanged: bool) {
             cpu_floor(nc + sc, baseline)
         ),
     );
+    // The node's peak memory with its default budget, and time and memory
+    // with none (`--memory-bytes 0`: every zip through disk, every entry
+    // decoded as a stream), against the same fetch. Runs of their own: the
+    // memory is read every 5 ms while they run.
+    flush_page_cache();
+    let (_, _, default_peak) = sync_with(dir.path().join("node-watched"), &[], true).await;
+    let (mut no_budget, mut no_budget_peak) = (Vec::new(), 0.0f64);
+    for round in 0..rounds.min(3) {
+        flush_page_cache();
+        let root = dir.path().join(format!("node-no-budget-{round}"));
+        let (took, _, peak) = sync_with(root, &["--memory-bytes", "0"], true).await;
+        no_budget.push(took);
+        no_budget_peak = no_budget_peak.max(peak);
+    }
+    let no_budget = median(no_budget);
+    row(
+        &format!("4. node first sync, {kind}, --memory-bytes 0 (s) vs fetch"),
+        format!("{no_budget:.3}"),
+        format!("{baseline:.3}"),
+        no_budget / baseline,
+        &format!(
+            "report (peak RSS {no_budget_peak:.1} MiB; {default_peak:.1} MiB with the default 64 MiB budget)"
+        ),
+    );
     if !unchanged {
         return;
     }
     // Again into the last round's directory, where nothing has changed.
+    let c1 = counts();
     let (again, _) = sync(dir.path().join(format!("node-{}", rounds - 1))).await;
     let c2 = counts();
-    let c1 = after_baseline;
     row(
         "4. node sync with nothing changed (s)",
         format!("{again:.3}"),

@@ -173,12 +173,19 @@ impl Progress {
 /// Lets the allocator keep the memory of freed download buffers for the next
 /// download instead of returning it to the kernel after each plugin (glibc
 /// gives allocations of a few MiB back at once and faults them in again for
-/// the next zip, which costs more than the copy itself). Call once, early;
-/// [`release_memory`] gives it back when the sync is done.
+/// the next zip, which costs more than the copy itself), in one heap for all
+/// threads, so that what one thread freed serves the next (with a heap per
+/// thread, each kept its own: the peak RSS of a sync with the default 64 MiB
+/// budget was 93-115 MiB, against 47-56 MiB with one). Call once, early,
+/// before other threads start; [`release_memory`] gives it back when the
+/// sync is done.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: plain glibc tuning calls, made before the allocations they tune.
     unsafe {
+        // One arena: the buffers are few and large, so threads seldom wait
+        // for it.
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         // Zips up to the in-memory limit come from the heap, not from mmap
         // (32 MiB is glibc's largest mmap threshold on 64-bit).
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
