@@ -57,9 +57,11 @@ struct Common {
     /// Most plugins downloaded at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
-    /// Most bytes of zips and decoded files held in memory at once; zips and
-    /// files that do not fit go through disk, more slowly. 0: everything
-    /// through disk. The same files are installed whatever the value.
+    /// Most bytes of zips and decoded files held in memory at once. Zips that
+    /// do not fit (and any over 16 MiB) are downloaded to disk, and files that
+    /// do not fit twice over are decoded as a stream, more slowly. 0: every
+    /// zip through disk, every file as a stream. The same files are installed
+    /// whatever the value.
     #[arg(
         long,
         env = "KUIPER_NODE_MEMORY_BYTES",

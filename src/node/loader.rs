@@ -140,7 +140,8 @@ where
         .map_err(|e| format!("the file is truncated or corrupt (program headers: {e})"))?;
     for p in phdrs {
         let (offset, size) = p.file_range(endian);
-        if offset.checked_add(size).is_none_or(|end| end > len) {
+        // A segment with no bytes in the file (e.g. only .bss) needs none.
+        if size != 0 && offset.checked_add(size).is_none_or(|end| end > len) {
             return Err(format!(
                 "the file is truncated: a segment spans bytes {offset}..{} but the file has {len} bytes",
                 offset.saturating_add(size),
@@ -230,4 +231,67 @@ pub fn load(path: &Path, ty: PluginType, name: &str) -> Result<LoadedPlugin, Str
         },
         library,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_complete_elf;
+
+    const PT_GNU_STACK: u32 = 0x6474_e551;
+
+    fn u16_at(b: &[u8], at: usize) -> usize {
+        u16::from_le_bytes(b[at..at + 2].try_into().unwrap()) as usize
+    }
+
+    /// Where the program header of type `ty` of a little-endian ELF64 file starts.
+    fn program_header(elf: &[u8], ty: u32) -> usize {
+        let (offset, size, count) = (
+            u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize,
+            u16_at(elf, 0x36),
+            u16_at(elf, 0x38),
+        );
+        (0..count)
+            .map(|i| offset + i * size)
+            .find(|&at| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == ty)
+            .expect("program header of that type")
+    }
+
+    #[test]
+    fn a_library_is_checked_by_its_headers_against_its_length() {
+        let so = kuiper_harness::plugins::CPlugin::new("whole", 1, "1.0.0").so();
+        assert_eq!(
+            &so[..6],
+            b"\x7fELF\x02\x01",
+            "a little-endian ELF64 library"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let check = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            check_complete_elf(&path)
+        };
+        assert_eq!(check("whole.so", &so), Ok(()));
+
+        let err = check("cut.so", &so[..so.len() * 3 / 4]).unwrap_err();
+        assert!(err.contains("the file is truncated"), "{err}");
+
+        // A segment with no bytes in the file needs none, wherever it points;
+        // one byte past the end is a truncated file.
+        let at = program_header(&so, PT_GNU_STACK);
+        let mut moved = so.clone();
+        moved[at + 8..at + 16].copy_from_slice(&(so.len() as u64 + 4096).to_le_bytes());
+        moved[at + 32..at + 40].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(check("empty-segment.so", &moved), Ok(()));
+        moved[at + 32..at + 40].copy_from_slice(&1u64.to_le_bytes());
+        let err = check("past-the-end.so", &moved).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "a segment spans bytes {}..{} but the file has {} bytes",
+                so.len() + 4096,
+                so.len() + 4097,
+                so.len()
+            )),
+            "{err}"
+        );
+    }
 }

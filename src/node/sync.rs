@@ -1023,7 +1023,7 @@ fn stage(
     let largest = meta.files.iter().map(|f| f.size).max().unwrap_or(0);
     let permit = u32::try_from(largest.saturating_mul(2))
         .ok()
-        .filter(|&n| n > 0)
+        .filter(|&n| n > 0 && n as usize <= Semaphore::MAX_PERMITS)
         .and_then(|n| memory.try_acquire_many(n).ok());
     let whole_entry_max = if permit.is_some() { largest } else { 0 };
     match download {

@@ -302,20 +302,14 @@ impl Env {
     /// The `kuiper-node` command with a clean environment: the S3 settings
     /// when the store is S3, nothing else from the test's environment.
     pub fn node_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::from(self.node_std_command(args));
-        cmd.stdin(Stdio::null())
+        let mut cmd = Command::new(NODE);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        cmd
-    }
-
-    /// [`Env::node_command`] as a `std` command, without its standard streams set.
-    pub fn node_std_command(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(NODE);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .args(args);
         if let Some(s3) = &self.s3 {
             cmd.env("AWS_ENDPOINT_URL_S3", s3.endpoint())
                 .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
