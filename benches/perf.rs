@@ -37,7 +37,7 @@ use futures_util::StreamExt;
 use kuiper_harness::files::FileHost;
 use kuiper_harness::plugins::{example_so, CPlugin};
 use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
-use kuiper_harness::zips::ZipBuilder;
+use kuiper_harness::zips::{compressible, noise, ZipBuilder};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -56,31 +56,6 @@ fn wanted(section: &str) -> bool {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-/// Incompressible bytes (xorshift), so zips are as large as their content.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// Bytes drawn from eight symbols: deflate packs them about 2.3:1 and
-/// unpacks them a little slower than a built binary (about 385 against
-/// 450 MB/s out for this project's release binary, measured with zlib-rs on
-/// its AVX2 path on the bench machine).
-fn compressible(len: usize, seed: u64) -> Vec<u8> {
-    noise(len, seed)
-        .into_iter()
-        .map(|b| b"\0\x01\x48\x89\x8beflo"[(b & 7) as usize])
-        .collect()
 }
 
 /// A zip of `so` as plugin `name`'s library plus `payload` as

@@ -489,8 +489,8 @@ pub trait Extract {
 }
 
 /// Decodes deflated entries whole, for [`Extract::whole_entry_max`].
+#[derive(Default)]
 struct WholeInflater {
-    max: u64,
     decompressor: Option<libdeflater::Decompressor>,
 }
 
@@ -593,10 +593,8 @@ fn inspect<R: Read + Seek, E: Extract>(
     let mut libraries: Vec<(String, String)> = Vec::new();
     let mut elf: Option<(String, Vec<u8>)> = None;
     let mut total: u64 = 0;
-    let mut inflater = WholeInflater {
-        max: extract.whole_entry_max(),
-        decompressor: None,
-    };
+    let whole_max = extract.whole_entry_max();
+    let mut inflater = WholeInflater::default();
 
     for i in 0..zip.len() {
         let raw = zip
@@ -674,10 +672,10 @@ fn inspect<R: Read + Seek, E: Extract>(
         };
         // Whole decoding, when allowed and the entry is within every limit
         // as declared; whatever it cannot settle is decoded as a stream.
-        let whole = if inflater.max > 0
+        let whole = if whole_max > 0
             && method == zip::CompressionMethod::Deflated
-            && declared <= inflater.max
-            && compressed <= inflater.max.min(zip_len)
+            && declared <= whole_max
+            && compressed <= whole_max.min(zip_len)
             && check_size(&entry, declared, total, limits).is_ok()
             && !ratio_too_high(declared, compressed, limits)
         {
@@ -960,11 +958,7 @@ mod tests {
     }
 
     fn whole(raw: &[u8], compressed: u64, size: u64, crc: u32) -> Option<Vec<u8>> {
-        WholeInflater {
-            max: u64::MAX,
-            decompressor: None,
-        }
-        .inflate(&mut &raw[..], compressed, size, crc)
+        WholeInflater::default().inflate(&mut &raw[..], compressed, size, crc)
     }
 
     #[test]

@@ -3,24 +3,12 @@
 
 use std::path::Path;
 
+use kuiper_harness::zips::compressible;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::common::{files_under, lib, parse_run, random_zip, so_zip, Env, NodeRun};
 
 on_both_stores!(memory_budget_bounds_memory_not_what_is_installed);
-
-/// `len` bytes that deflate about 1.8:1, about as libraries do: pseudo-random
-/// letters from an alphabet of 16.
-fn compressible(len: usize, mut seed: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            b"abcdefghijklmnop"[(seed >> 60) as usize]
-        })
-        .collect()
-}
 
 /// `kuiper-node run --jobs 1` into `root` with `extra` flags, until its
 /// report is out: the report, and the node's peak resident memory in MiB so
