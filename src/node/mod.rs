@@ -5,12 +5,14 @@
 //!   extract, rename into place, remove dropped plugins), crash-safely.
 //! - [`layout`]: eKuiper's on-disk layout.
 //! - [`manifest`]: what the agent installed, so it never touches other files.
+//! - [`beneath`]: writes under the root that refuse symbolic links.
 //! - [`loader`]: `libloading` and the ABI v1 descriptor checks.
 //!
 //! Changes take effect when a node (re)starts: a library that is loaded is
 //! never written to; an update renames a new file into place and removes the
 //! old name, which leaves a mapped library intact.
 
+pub mod beneath;
 pub mod layout;
 pub mod loader;
 pub mod manifest;
@@ -254,6 +256,7 @@ pub fn installed(root: &Path, report: Report) -> Result<Synced, String> {
     let root = root
         .canonicalize()
         .map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+    beneath::check(&root, layout::STATE_DIR, true)?;
     let manifest = manifest::Manifest::load(&root.join(layout::STATE_DIR).join("manifest.json"))?;
     Ok(Synced {
         report,

@@ -11,6 +11,7 @@ mod abi;
 mod crash;
 mod incremental;
 mod lifecycle;
+mod links;
 mod memory;
 mod ownership;
 mod scripts;

@@ -8,6 +8,7 @@ use crate::common::{lib, random_zip, so_zip, Env};
 
 on_both_stores!(
     sha256_mismatch_installs_nothing,
+    mismatch_names_what_differs,
     damaged_entry_installs_nothing,
     other_architecture_is_skipped
 );
@@ -49,6 +50,61 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
     again.assert_ok();
     assert_eq!(again.list("installed"), ["sinks/print@"]);
     assert_eq!(env.node_file("plugins/sinks/Print.so"), lib("print"));
+}
+
+/// The metadata's size and SHA-256 checked one by one: a report names
+/// the one that differs, with both values.
+async fn mismatch_names_what_differs(env: Env) {
+    use sha2::Digest;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print")))
+        .await;
+    let blob = env.blob_path("sinks", "print");
+    let zip = std::fs::read(&blob).unwrap();
+    let meta_path = env.object_path("plugins/sinks/print.json");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let sha = meta["sha256"].as_str().unwrap().to_string();
+    assert_eq!(meta["size"], json!(zip.len()));
+
+    // Only the size differs: the metadata says one byte more.
+    let mut wrong_size = meta.clone();
+    wrong_size["size"] = json!(zip.len() + 1);
+    std::fs::write(&meta_path, wrong_size.to_string()).unwrap();
+    let run = env.sync(&[]).await;
+    run.assert_failed();
+    let err = run.error_of("sinks/print");
+    assert!(
+        err.contains(&format!(
+            "size mismatch: metadata says {} bytes, downloaded {}",
+            zip.len() + 1,
+            zip.len()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("sha256 mismatch"), "{err}");
+
+    // Only the hash differs: the stored zip has one byte changed.
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let mut changed = zip.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x01;
+    std::fs::write(&blob, &changed).unwrap();
+    let run = env.sync(&[]).await;
+    run.assert_failed();
+    let err = run.error_of("sinks/print");
+    assert!(
+        err.contains(&format!(
+            "sha256 mismatch: metadata says {sha}, downloaded {}",
+            hex::encode(sha2::Sha256::digest(&changed))
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("size mismatch"), "{err}");
+    assert!(
+        env.node_files().iter().all(|f| !f.contains("sinks")),
+        "{:?}",
+        env.node_files()
+    );
 }
 
 /// A zip in the store, damaged, with its metadata rewritten to match it (its
