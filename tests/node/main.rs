@@ -8,6 +8,7 @@
 mod common;
 
 mod abi;
+mod conflicts;
 mod crash;
 mod incremental;
 mod lifecycle;

@@ -9,6 +9,7 @@ use std::path::Path;
 use super::{Book, Ready};
 use crate::node::manifest::{self, Entry, Manifest};
 use crate::node::{beneath, layout};
+use crate::package::PluginType;
 
 /// What committing one staged plugin changes.
 struct Plan {
@@ -172,6 +173,8 @@ fn plan(m: &Manifest, root: &Path, r: &Ready) -> Result<(Plan, Entry), String> {
         files: union,
         pending: true,
         meta_etag: None,
+        functions: (meta.plugin_type == PluginType::Function)
+            .then(|| super::conflicts::claimed_functions(meta)),
     };
     Ok((
         Plan {

@@ -31,6 +31,7 @@
 //! a power loss too a library in `plugins/` is whole.
 
 mod commit;
+mod conflicts;
 mod fetch;
 mod script;
 mod stage;
@@ -426,17 +427,9 @@ impl<S: Store> Ctx<'_, S> {
             .set_length((dropped.len() + listed.len()) as u64);
         self.remove_and_report(&dropped);
 
-        // A plugin whose metadata has the tag it was installed from needs no read.
-        let mut to_read = Vec::new();
-        for ((ty, name), etag) in listed {
-            match self.unchanged_by_tag(ty, &name, etag.as_deref()) {
-                Some(version) => {
-                    self.done(ty, &name, Outcome::Unchanged(version));
-                    self.progress.inc();
-                }
-                None => to_read.push((ty, name)),
-            }
-        }
+        // Unchanged plugins (by tag) are reported, conflicting ones fail;
+        // the others are read (function plugins already were).
+        let to_read = self.screen(listed).await;
 
         // Metadata objects are small and reading one is mostly waiting: they
         // are read further ahead than the zips are downloaded, so that a
@@ -449,8 +442,11 @@ impl<S: Store> Ctx<'_, S> {
         let (ready_tx, ready_rx) = mpsc::unbounded_channel::<Box<Ready>>();
         let prepare_all = async move {
             stream::iter(to_read)
-                .map(|(ty, name)| async move {
-                    let read = self.read_meta(ty, &name).await;
+                .map(|(ty, name, read)| async move {
+                    let read = match read {
+                        Some(read) => read,
+                        None => self.read_meta(ty, &name).await,
+                    };
                     (ty, name, read)
                 })
                 .buffer_unordered(reads)
@@ -580,10 +576,17 @@ impl<S: Store> Ctx<'_, S> {
                 && prev.shell_paras == meta.shell_paras
                 && files_present(&self.root, prev)
             {
-                // Recorded, so that the next sync can skip reading the metadata.
-                if !etag.is_empty() && prev.meta_etag.as_deref() != Some(etag.as_str()) {
-                    if let Some(e) = self.book.lock().plugins.get_mut(&key) {
+                // Recorded, so that the next sync can skip reading the
+                // metadata (and still compare function names).
+                let functions =
+                    (ty == PluginType::Function).then(|| conflicts::claimed_functions(&meta));
+                if let Some(e) = self.book.lock().plugins.get_mut(&key) {
+                    if !etag.is_empty() && e.meta_etag.as_deref() != Some(etag.as_str()) {
                         e.meta_etag = Some(etag);
+                        self.book.dirty.store(true, Ordering::SeqCst);
+                    }
+                    if e.functions != functions {
+                        e.functions = functions;
                         self.book.dirty.store(true, Ordering::SeqCst);
                     }
                 }
