@@ -8,8 +8,11 @@
  *   PLUGIN_KIND     descriptor kind             (default KUIPER_PLUGIN_SINK)
  *   PLUGIN_VERSION  descriptor version          (default "1.0.0")
  *   PLUGIN_ABI      descriptor abi_version      (default KUIPER_PLUGIN_ABI_VERSION)
+ *   PLUGIN_DEFECT   0 none (default), 1 an initialiser that calls abort(),
+ *                   2 a descriptor whose name is a wild pointer
  */
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "kuiper_plugin.h"
 
@@ -29,10 +32,23 @@
 #define PLUGIN_ABI KUIPER_PLUGIN_ABI_VERSION
 #endif
 
+#ifndef PLUGIN_DEFECT
+#define PLUGIN_DEFECT 0
+#endif
+
+#if PLUGIN_DEFECT == 1
+/* Runs when the library is loaded, before anything of it is called. */
+__attribute__((constructor)) static void crash_on_load(void) { abort(); }
+#endif
+
 static const KuiperPluginV1 descriptor = {
     PLUGIN_ABI,
     PLUGIN_KIND,
+#if PLUGIN_DEFECT == 2
+    (const char *)(size_t)16,
+#else
     PLUGIN_NAME,
+#endif
     PLUGIN_VERSION,
 };
 

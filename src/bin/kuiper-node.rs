@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use kuiper_registry::node::probe::{self as node_probe, Prober};
 use kuiper_registry::node::{self, Progress, Report, SyncOptions};
+use kuiper_registry::package::PluginType;
 use kuiper_registry::store::StoreUrl;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -37,6 +39,19 @@ enum Command {
         /// Exit after loading instead of waiting for a signal.
         #[arg(long)]
         once: bool,
+    },
+    /// Internal: load one library and report on stdout (run does this in a
+    /// child process for each library, so that one that crashes fails alone).
+    #[command(hide = true)]
+    Probe {
+        /// The plugin's type: sources, sinks or functions.
+        #[arg(long = "type")]
+        plugin_type: String,
+        /// The plugin's name.
+        #[arg(long)]
+        name: String,
+        /// The library.
+        path: PathBuf,
     },
 }
 
@@ -127,6 +142,22 @@ fn exit_code(report: &Report) -> ExitCode {
     }
 }
 
+/// The hidden `probe` subcommand: loads one library, prints the outcome.
+fn probe(plugin_type: &str, name: &str, path: &std::path::Path) -> ExitCode {
+    let Some(ty) = PluginType::ALL
+        .into_iter()
+        .find(|t| t.as_str() == plugin_type)
+    else {
+        eprintln!("kuiper-node probe: unknown type {plugin_type:?}");
+        return ExitCode::from(2);
+    };
+    let line = node_probe::child(path, ty, name);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     node::keep_freed_memory();
@@ -134,6 +165,11 @@ async fn main() -> ExitCode {
     let (common, load, once) = match &cli.command {
         Command::Sync(c) => (c, false, true),
         Command::Run { common, once } => (common, true, *once),
+        Command::Probe {
+            plugin_type,
+            name,
+            path,
+        } => return probe(plugin_type, name, path),
     };
     let progress = Progress::stderr();
     let synced = match node::open_store(&common.store).await {
@@ -178,7 +214,9 @@ async fn main() -> ExitCode {
     };
     let mut report = synced.report.clone();
     let libraries = if load {
-        node::load_installed(&synced, &mut report, &progress)
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let mut prober = Prober::new(exe, &synced.root);
+        node::load_installed(&synced, &mut report, &progress, Some(&mut prober))
     } else {
         Vec::new()
     };

@@ -7,6 +7,8 @@
 //! - [`manifest`]: what the agent installed, so it never touches other files.
 //! - [`beneath`]: writes under the root that refuse symbolic links.
 //! - [`loader`]: `libloading` and the ABI v1 descriptor checks.
+//! - [`probe`]: each library loaded in a child process first, so that one
+//!   that crashes fails alone.
 //!
 //! Changes take effect when a node (re)starts: a library that is loaded is
 //! never written to; an update renames a new file into place and removes the
@@ -16,6 +18,7 @@ pub mod beneath;
 pub mod layout;
 pub mod loader;
 pub mod manifest;
+pub mod probe;
 pub mod sync;
 
 use std::io::IsTerminal;
@@ -266,12 +269,15 @@ pub fn installed(root: &Path, report: Report) -> Result<Synced, String> {
 }
 
 /// Loads every plugin the manifest lists as installed (not pending), in
-/// type then name order, adding what happened to `report`. Returns the loaded
-/// libraries, which stay mapped as long as they are kept.
+/// type then name order, adding what happened to `report`. With a
+/// `prober`, each library is loaded in a child process first
+/// ([`probe::Prober::check`]) and only loaded here if that went well.
+/// Returns the loaded libraries, which stay mapped as long as they are kept.
 pub fn load_installed(
     synced: &Synced,
     report: &mut Report,
     progress: &Progress,
+    mut prober: Option<&mut probe::Prober>,
 ) -> Vec<LoadedPlugin> {
     let mut loaded = Vec::new();
     let mut infos = Vec::new();
@@ -284,8 +290,12 @@ pub fn load_installed(
     entries.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
     for e in entries {
         let rel = layout::library_path(e.plugin_type, &e.so_file);
-        let result = layout::under(&synced.root, &rel)
-            .and_then(|path| load_one(&path, e.plugin_type, &e.name));
+        let result = layout::under(&synced.root, &rel).and_then(|path| {
+            if let Some(p) = prober.as_deref_mut() {
+                p.check(&path, e.plugin_type, &e.name)?;
+            }
+            load_one(&path, e.plugin_type, &e.name)
+        });
         match result {
             Ok(p) => {
                 progress.line(&format!(
@@ -303,6 +313,12 @@ pub fn load_installed(
                     error,
                 });
             }
+        }
+    }
+    if let Some(p) = prober {
+        p.retain(&|key| synced.manifest.plugins.contains_key(key));
+        if let Err(e) = p.save() {
+            progress.line(&format!("cannot save the probe cache: {e}"));
         }
     }
     report.loaded = Some(infos);

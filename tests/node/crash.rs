@@ -1,13 +1,15 @@
 //! A sync killed part-way (SIGKILL, while it is in the middle of installing)
 //! leaves only whole libraries under `plugins/`, and the next sync repairs the
-//! directory to the registry's state.
+//! directory to the registry's state. A plugin that crashes while it loads
+//! fails alone: `run` reports it and loads the others.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{c_lib, files_under, lib, random_zip, so_zip, Env};
+use crate::common::{c_lib, files_under, lib, random_zip, so_zip, Backend, Env};
+use kuiper_harness::plugins::CPlugin;
 use kuiper_harness::zips::ZipBuilder;
 
 on_both_stores!(
@@ -202,5 +204,60 @@ async fn killed_at_any_moment_only_whole_libraries(env: Env) {
             files_under(&root.join(".kuiper-node/tmp")),
             Vec::<String>::new()
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_crashes_while_loading_fails_alone() {
+    let env = Env::start(Backend::Local).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print")))
+        .await;
+    // An initialiser that calls abort(), and a descriptor whose name is a
+    // wild pointer.
+    let aborts = CPlugin {
+        defect: 1,
+        ..CPlugin::new("aborts", 1, "1")
+    };
+    env.publish("sinks", "aborts", so_zip("Aborts.so", aborts.so()))
+        .await;
+    let wild = CPlugin {
+        defect: 2,
+        ..CPlugin::new("wild", 1, "1")
+    };
+    env.publish("sinks", "wild", so_zip("Wild.so", wild.so()))
+        .await;
+
+    // The same on the first start and on every restart.
+    for start in 0..3 {
+        let run = env.run_once(&[]).await;
+        run.assert_failed();
+        assert_eq!(
+            run.report["loaded"],
+            json!([{"type": "sinks", "name": "print", "version": "1.0.0", "symbol": "Print"}]),
+            "start {start}"
+        );
+        assert_eq!(
+            run.failures(),
+            [
+                (
+                    "sinks/aborts".to_string(),
+                    "plugin sinks/aborts crashed while loading: killed by signal SIGABRT; not loaded"
+                        .to_string()
+                ),
+                (
+                    "sinks/wild".to_string(),
+                    "plugin sinks/wild crashed while loading: killed by signal SIGSEGV; not loaded"
+                        .to_string()
+                ),
+            ],
+            "start {start}"
+        );
+        // Only the library that loaded is remembered (not probed again).
+        let probed: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(env.root().join(".kuiper-node/probed.json")).unwrap(),
+        )
+        .unwrap();
+        let keys: Vec<&String> = probed["passed"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["sinks/print"], "start {start}");
     }
 }
