@@ -198,6 +198,10 @@ pub(super) fn by_name<'a>(
     out
 }
 
+/// For one plugin: each other plugin it clashes with, and the pairs of
+/// function names (its own, the other's).
+type Clashes<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a str)>>;
+
 /// The error of each function plugin (by name) that claims a function
 /// name another one claims too, without regard to case, naming the other
 /// plugins and the functions. `claims` gives each plugin's function names.
@@ -211,8 +215,7 @@ pub(super) fn by_function(claims: &[(String, Vec<String>)]) -> BTreeMap<String, 
                 .push((plugin.as_str(), f.as_str()));
         }
     }
-    // plugin -> other plugin -> (its function, the other's)
-    let mut clashes: BTreeMap<&str, BTreeMap<&str, Vec<(&str, &str)>>> = BTreeMap::new();
+    let mut clashes: BTreeMap<&str, Clashes<'_>> = BTreeMap::new();
     for claimants in groups.values() {
         for &(p, f) in claimants {
             for &(q, g) in claimants {
