@@ -29,6 +29,15 @@
 //! they are extracted, and the committer flushes the file system once per
 //! group before the first rename (and once after the renames), so that after
 //! a power loss too a library in `plugins/` is whole.
+//!
+//! Plugins eKuiper cannot tell apart (names or function names equal without
+//! regard to case) fail before anything is downloaded and are left as they
+//! are ([`conflicts`]); nothing is written through a symbolic link inside
+//! the root ([`super::beneath`]).
+//!
+//! Here: the listing, the pipeline and the manifest; [`fetch`] downloads,
+//! [`stage`] verifies and extracts, [`script`] runs `install.sh`, [`commit`]
+//! moves staged plugins into place.
 
 mod commit;
 mod conflicts;
