@@ -78,21 +78,36 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     if ip.is_loopback() {
         return Some("loopback");
     }
-    // IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96)
-    // and 6to4 (2002:AABB:CCDD::/48) carry an IPv4 address: judge that address.
+    // Forms that carry an IPv4 address are judged by that address:
+    // IPv4-mapped (::ffff:a.b.c.d), IPv4-translated (::ffff:0:a.b.c.d),
+    // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::a.b.c.d), 6to4
+    // (2002:AABB:CCDD::/48) and Teredo (2001:0:SSSS:SSSS:_:_:CCCC:CCCC, the
+    // server's address and the client's, inverted: both must be public).
+    let low = Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32);
     if let Some(v4) = ip.to_ipv4_mapped() {
         return v4_reason(v4);
     }
-    if seg[..6] == [0, 0, 0, 0, 0, 0] {
-        return v4_reason(Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32));
+    if seg[..6] == [0, 0, 0, 0, 0xffff, 0] || seg[..6] == [0, 0, 0, 0, 0, 0] {
+        return v4_reason(low);
     }
     if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return v4_reason(Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32));
+        return v4_reason(low);
+    }
+    if seg[..3] == [0x64, 0xff9b, 1] {
+        // Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on
+        // the operator's prefix length, so it cannot be judged.
+        return Some("local-use NAT64");
     }
     if seg[0] == 0x2002 {
         return v4_reason(Ipv4Addr::from(((seg[1] as u32) << 16) | seg[2] as u32));
     }
+    if seg[..2] == [0x2001, 0] {
+        let server = Ipv4Addr::from(((seg[2] as u32) << 16) | seg[3] as u32);
+        return v4_reason(server).or_else(|| v4_reason(Ipv4Addr::from(!u32::from(low))));
+    }
     match seg[0] {
+        // The rest of ::/8 is reserved (RFC 4291): never a public destination.
+        s if s & 0xff00 == 0 => Some("reserved"),
         s if s & 0xfe00 == 0xfc00 => Some("unique-local"),
         s if s & 0xffc0 == 0xfe80 => Some("link-local"),
         s if s & 0xffc0 == 0xfec0 => Some("site-local"),
@@ -237,7 +252,25 @@ mod tests {
             ("::ffff:169.254.169.254", "link-local"),
             ("::127.0.0.1", "loopback"),
             ("64:ff9b::a00:1", "private"),
+            ("64:ff9b::127.0.0.1", "loopback"),
             ("2002:c0a8:0101::1", "private"),
+            ("2002:7f00:1::", "loopback"),
+            ("2002:a9fe:a9fe:1::1", "link-local"),
+            // IPv4-translated (RFC 2765): ::ffff:0:a.b.c.d.
+            ("::ffff:0:127.0.0.1", "loopback"),
+            ("::ffff:0:a9fe:a9fe", "link-local"),
+            ("::ffff:0:10.0.0.5", "private"),
+            // Local-use NAT64 (RFC 8215), whatever it carries.
+            ("64:ff9b:1::a00:1", "local-use NAT64"),
+            ("64:ff9b:1:ffff::808:808", "local-use NAT64"),
+            ("64:ff9b:1::8.8.8.8", "local-use NAT64"),
+            // Teredo: server 127.0.0.1, or client 127.0.0.1 (inverted: 80ff:fffe).
+            ("2001:0:7f00:1::1", "loopback"),
+            ("2001:0:808:808:0:0:80ff:fffe", "loopback"),
+            ("2001:0:808:808::f5ff:fffa", "private"),
+            // The rest of ::/8.
+            ("::1:0:0:7f00:1", "reserved"),
+            ("64:ff9b:0:1::808:808", "reserved"),
         ] {
             assert_eq!(reason(ip), Some(why), "{ip}");
         }
@@ -249,6 +282,11 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "169.253.0.1",
+            "::ffff:0:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+            // Teredo with public server 8.8.8.8 and client 1.1.1.1 (inverted).
+            "2001:0:808:808:0:0:fefe:fefe",
         ] {
             assert_eq!(reason(ip), None, "{ip}");
         }
@@ -267,6 +305,10 @@ mod tests {
             "http://[::ffff:7f00:1]/a.zip",
             "http://169.254.169.254/latest/meta-data/a.zip",
             "http://[fd00:ec2::254]/a.zip",
+            "http://[::ffff:0:7f00:1]/a.zip",
+            "http://[64:ff9b:1::a9fe:a9fe]/a.zip",
+            "http://[2001:0:a9fe:a9fe::1]/a.zip",
+            "http://[2002:7f00:1::1]/a.zip",
             "http://10.0.0.5/a.zip",
             "http://0/a.zip",
         ] {
