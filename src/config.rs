@@ -63,7 +63,7 @@ pub struct ServiceConfig {
     #[arg(long, env = "KUIPER_ALLOW_PRIVATE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_private_network: bool,
 
-    /// Hosts reachable whatever their addresses: `host` or `host:port`, comma-separated.
+    /// Hosts reachable whatever their addresses, comma-separated: `host` (any port) or `host:port` (that port only).
     #[arg(long, env = "KUIPER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
 
