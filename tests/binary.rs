@@ -2,7 +2,7 @@
 //! failure on an unusable store, state kept across a process restart, and
 //! `file://` uploads in local mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -234,6 +234,80 @@ async fn file_urls_only_from_the_uploads_directory() {
         ),
         "{body}"
     );
+}
+
+/// The part of a create's error after `fail to download file {url}: `.
+fn download_error(body: &str, url: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let msg = v["message"].as_str().unwrap();
+    let prefix = format!("sinks plugins create command error: fail to download file {url}: ");
+    msg.strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{msg:?} does not start with {prefix:?}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn file_urls_outside_the_uploads_directory_all_get_one_answer() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let uploads = root.join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    std::fs::create_dir(uploads.join("sub")).unwrap();
+    std::fs::create_dir(uploads.join("dir.zip")).unwrap();
+    std::fs::write(root.join("outside.zip"), plugin_zip("q")).unwrap();
+    std::fs::create_dir(root.join("outdir.zip")).unwrap();
+    symlink(root.join("outside.zip"), uploads.join("link.zip")).unwrap();
+    symlink(root.join("missing.zip"), uploads.join("dangling.zip")).unwrap();
+    symlink(&root, uploads.join("out")).unwrap();
+    let (_child, base) = start(&[
+        ("KUIPER_STORE", root.join("data").display().to_string()),
+        ("KUIPER_UPLOADS_DIR", uploads.display().to_string()),
+    ])
+    .await;
+    let file_url = |p: &Path| url::Url::from_file_path(p).unwrap().to_string();
+    let same = format!(
+        "file access denied: path must be under {}",
+        uploads.display()
+    );
+    for path in [
+        root.join("outside.zip"),        // an existing file
+        root.join("missing.zip"),        // a missing one
+        root.join("outdir.zip"),         // an existing directory
+        root.join("nodir/x.zip"),        // under a missing directory
+        uploads.join("link.zip"),        // a symlink to an existing file outside
+        uploads.join("dangling.zip"),    // a symlink to a missing file outside
+        uploads.join("out/outside.zip"), // through a symlinked directory
+        uploads.join("out/missing.zip"),
+        uploads.join("../outside.zip"), // `..` forms
+        uploads.join("../missing.zip"),
+        uploads.join("sub/../../missing.zip"),
+        PathBuf::from("/proc/self/missing.zip"),
+    ] {
+        let url = file_url(&path);
+        let (status, body) = create(&base, "sinks", "q", &url).await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(download_error(&body, &url), same, "{}", path.display());
+    }
+    // Inside the folder, a missing file and a directory say what they are.
+    let url = file_url(&uploads.join("sub/nope.zip"));
+    let (status, body) = create(&base, "sinks", "q", &url).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        download_error(&body, &url),
+        format!(
+            "file access denied: {} does not exist",
+            uploads.join("sub/nope.zip").display()
+        )
+    );
+    let url = file_url(&uploads.join("dir.zip"));
+    let (status, body) = create(&base, "sinks", "q", &url).await;
+    assert_eq!(status, 400);
+    assert!(
+        download_error(&body, &url).ends_with("dir.zip is not a regular file"),
+        "{body}"
+    );
+    assert!(list(&base, "sinks").await.is_empty());
 }
 
 #[tokio::test]
