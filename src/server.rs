@@ -2,7 +2,7 @@
 //! and the two ways to serve it (Lambda, local TCP under the time limits of
 //! [`timeouts`]).
 
-mod timeouts;
+pub mod timeouts;
 
 use std::future::IntoFuture;
 use std::sync::Arc;

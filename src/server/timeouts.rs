@@ -7,7 +7,7 @@
 //!
 //! Each connection's IO ([`TimedIo`]) knows which phase the connection is in;
 //! the [`guard`] middleware marks a request's start and end, and bounds its
-//! body ([`DeadlineBody`]), answering 408 when the body was too slow.
+//! body (`DeadlineBody`), answering 408 when the body was too slow.
 
 use std::future::Future;
 use std::io;
@@ -113,6 +113,15 @@ impl Conn {
         }
     }
 
+    /// An answer's bytes went out: a connection writing is idle only while
+    /// its client reads nothing.
+    fn wrote_some(&self) {
+        let mut s = self.state();
+        if let Phase::Idle(_) = s.phase {
+            s.phase = Phase::Idle(Instant::now());
+        }
+    }
+
     fn begin(&self) {
         self.state().phase = Phase::Busy;
     }
@@ -213,7 +222,13 @@ impl AsyncWrite for TimedIo {
                     )))
                 }
             },
-            done => done,
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.conn.wrote_some();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
         }
     }
 
