@@ -10,6 +10,7 @@ use crate::fetch::policy::AddressPolicy;
 use crate::fetch::FetchSettings;
 use crate::package::ZipLimits;
 use crate::registry::RegistrySettings;
+use crate::server::ServerTimeouts;
 use crate::store::StoreUrl;
 
 /// Settings of the plugin API service.
@@ -63,7 +64,7 @@ pub struct ServiceConfig {
     #[arg(long, env = "KUIPER_ALLOW_PRIVATE_NETWORK", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_private_network: bool,
 
-    /// Hosts reachable whatever their addresses: `host` or `host:port`, comma-separated.
+    /// Hosts reachable whatever their addresses, comma-separated: `host` (any port) or `host:port` (that port only).
     #[arg(long, env = "KUIPER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
 
@@ -78,6 +79,22 @@ pub struct ServiceConfig {
     /// Seconds for a whole callback request.
     #[arg(long, env = "KUIPER_CALLBACK_TIMEOUT_SECS", default_value_t = 10)]
     pub callback_timeout_secs: u64,
+
+    /// Seconds a client has to send a request's head, from the connection's start or the request's first byte (local server).
+    #[arg(long, env = "KUIPER_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a client has to send a request's whole body, from its head; slower ones get 408 (local server).
+    #[arg(long, env = "KUIPER_BODY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+
+    /// Seconds a connection may sit between requests, or a client take to read an answer (local server).
+    #[arg(long, env = "KUIPER_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds SIGTERM or SIGINT waits for requests in progress before exiting (local server).
+    #[arg(long, env = "KUIPER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
 }
 
 impl ServiceConfig {
@@ -111,6 +128,16 @@ impl ServiceConfig {
                 allow_private: self.allow_private_network,
                 allowed_hosts: self.allowed_hosts.clone(),
             },
+        }
+    }
+
+    /// Time limits of the local server.
+    pub fn server_timeouts(&self) -> ServerTimeouts {
+        ServerTimeouts {
+            header: Duration::from_secs(self.header_timeout_secs),
+            body: Duration::from_secs(self.body_timeout_secs),
+            idle: Duration::from_secs(self.idle_timeout_secs),
+            shutdown: Duration::from_secs(self.shutdown_timeout_secs),
         }
     }
 

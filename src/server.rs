@@ -1,6 +1,10 @@
 //! Wiring for the binaries and the tests: config -> store -> registry -> router,
-//! and the two ways to serve it (Lambda, local TCP).
+//! and the two ways to serve it (Lambda, local TCP under the time limits of
+//! [`timeouts`]).
 
+pub mod timeouts;
+
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use axum::Router;
@@ -15,6 +19,8 @@ use crate::registry::Registry;
 use crate::store::local::LocalStore;
 use crate::store::s3::{S3Settings, S3Store};
 use crate::store::{Store, StoreUrl};
+
+pub use self::timeouts::ServerTimeouts;
 
 /// Builds the registry for `store` with the settings of `config`.
 pub fn build_registry<S: Store>(store: S, config: &ServiceConfig) -> Result<Registry<S>, String> {
@@ -135,11 +141,44 @@ fn lambda_request<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> 
     req
 }
 
-/// Serves `app` on `listener` until SIGINT or SIGTERM.
-pub async fn serve_local(listener: TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+/// Serves `app` on `listener` until SIGINT or SIGTERM, under the time limits
+/// of `limits` (see [`timeouts`]). On a signal it stops accepting, lets the
+/// requests in progress finish for at most `limits.shutdown`, then returns.
+pub async fn serve_local(
+    listener: TcpListener,
+    app: Router,
+    limits: ServerTimeouts,
+) -> std::io::Result<()> {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            timeouts::guard,
+        ))
+        .into_make_service_with_connect_info::<timeouts::Conn>();
+    let serve = axum::serve(timeouts::TimedListener::new(listener, limits), app)
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let deadline = async move {
+        if stop_rx.wait_for(|stopped| *stopped).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(limits.shutdown).await;
+    };
+    tokio::select! {
+        r = serve => r,
+        () = deadline => {
+            tracing::warn!(
+                secs = limits.shutdown.as_secs(),
+                "requests still in progress at the shutdown deadline are dropped"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -2,7 +2,7 @@
 //! failure on an unusable store, state kept across a process restart, and
 //! `file://` uploads in local mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -236,6 +236,80 @@ async fn file_urls_only_from_the_uploads_directory() {
     );
 }
 
+/// The part of a create's error after `fail to download file {url}: `.
+fn download_error(body: &str, url: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let msg = v["message"].as_str().unwrap();
+    let prefix = format!("sinks plugins create command error: fail to download file {url}: ");
+    msg.strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{msg:?} does not start with {prefix:?}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn file_urls_outside_the_uploads_directory_all_get_one_answer() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let uploads = root.join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    std::fs::create_dir(uploads.join("sub")).unwrap();
+    std::fs::create_dir(uploads.join("dir.zip")).unwrap();
+    std::fs::write(root.join("outside.zip"), plugin_zip("q")).unwrap();
+    std::fs::create_dir(root.join("outdir.zip")).unwrap();
+    symlink(root.join("outside.zip"), uploads.join("link.zip")).unwrap();
+    symlink(root.join("missing.zip"), uploads.join("dangling.zip")).unwrap();
+    symlink(&root, uploads.join("out")).unwrap();
+    let (_child, base) = start(&[
+        ("KUIPER_STORE", root.join("data").display().to_string()),
+        ("KUIPER_UPLOADS_DIR", uploads.display().to_string()),
+    ])
+    .await;
+    let file_url = |p: &Path| url::Url::from_file_path(p).unwrap().to_string();
+    let same = format!(
+        "file access denied: path must be under {}",
+        uploads.display()
+    );
+    for path in [
+        root.join("outside.zip"),        // an existing file
+        root.join("missing.zip"),        // a missing one
+        root.join("outdir.zip"),         // an existing directory
+        root.join("nodir/x.zip"),        // under a missing directory
+        uploads.join("link.zip"),        // a symlink to an existing file outside
+        uploads.join("dangling.zip"),    // a symlink to a missing file outside
+        uploads.join("out/outside.zip"), // through a symlinked directory
+        uploads.join("out/missing.zip"),
+        uploads.join("../outside.zip"), // `..` forms
+        uploads.join("../missing.zip"),
+        uploads.join("sub/../../missing.zip"),
+        PathBuf::from("/proc/self/missing.zip"),
+    ] {
+        let url = file_url(&path);
+        let (status, body) = create(&base, "sinks", "q", &url).await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(download_error(&body, &url), same, "{}", path.display());
+    }
+    // Inside the folder, a missing file and a directory say what they are.
+    let url = file_url(&uploads.join("sub/nope.zip"));
+    let (status, body) = create(&base, "sinks", "q", &url).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        download_error(&body, &url),
+        format!(
+            "file access denied: {} does not exist",
+            uploads.join("sub/nope.zip").display()
+        )
+    );
+    let url = file_url(&uploads.join("dir.zip"));
+    let (status, body) = create(&base, "sinks", "q", &url).await;
+    assert_eq!(status, 400);
+    assert!(
+        download_error(&body, &url).ends_with("dir.zip is not a regular file"),
+        "{body}"
+    );
+    assert!(list(&base, "sinks").await.is_empty());
+}
+
 #[tokio::test]
 async fn non_loopback_listen_needs_authentication() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,4 +510,213 @@ async fn gc_removes_only_unreferenced_zips_s3() {
     let server = S3Server::start("plugins").await;
     let blobs = server.bucket_dir().join("blobs");
     gc_command(s3_env(&server, "s3://plugins", SECRET_KEY), blobs).await;
+}
+
+/// Server time limits for the slow-client tests: `set` short, the rest long
+/// enough never to matter.
+fn limits(store: &Path, set: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut envs = vec![
+        ("KUIPER_STORE", store.display().to_string()),
+        ("KUIPER_HEADER_TIMEOUT_SECS", "600".to_string()),
+        ("KUIPER_BODY_TIMEOUT_SECS", "600".to_string()),
+        ("KUIPER_IDLE_TIMEOUT_SECS", "600".to_string()),
+        ("KUIPER_SHUTDOWN_TIMEOUT_SECS", "600".to_string()),
+    ];
+    for (k, v) in set {
+        envs.retain(|(name, _)| name != k);
+        envs.push((k, v.to_string()));
+    }
+    envs
+}
+
+/// A raw connection to the service at `base`.
+async fn connect(base: &str) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Far longer than any limit the tests set: a connection still open, or a
+/// process still running, after this is held indefinitely.
+const GIVE_UP: Duration = Duration::from_secs(30);
+
+/// Sends `head` then `trickle` one byte at a time, 20 bytes a second, until
+/// the service answers or closes; returns what it sent back. Panics when it
+/// keeps listening for GIVE_UP.
+async fn trickle(sock: &mut tokio::net::TcpStream, head: &[u8], trickle: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(head).await.unwrap();
+    let until = tokio::time::Instant::now() + GIVE_UP;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for &byte in trickle.iter().cycle() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the service still listens to a trickling client after {GIVE_UP:?}"
+        );
+        if sock.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(50), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if got.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads until the service closes the connection; returns what it sent.
+/// Panics when it stays open for GIVE_UP.
+async fn read_to_close(sock: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(GIVE_UP, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection is still open after {GIVE_UP:?}"
+    );
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads one answer to `GET /ping` (its head and its Content-Length bytes).
+async fn read_answer(sock: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a Content-Length");
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(GIVE_UP, sock.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let envs = limits(
+        &dir.path().join("data"),
+        &[("KUIPER_HEADER_TIMEOUT_SECS", "1")],
+    );
+    let (_child, base) = start(&envs).await;
+    let mut sock = connect(&base).await;
+    let got = trickle(&mut sock, b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"a").await;
+    assert!(!got.contains("200 OK"), "{got}");
+    // The service is still there for well-behaved clients.
+    let r = reqwest::get(format!("{base}/ping")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_body_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let envs = limits(
+        &dir.path().join("data"),
+        &[("KUIPER_BODY_TIMEOUT_SECS", "1")],
+    );
+    let (_child, base) = start(&envs).await;
+    let mut sock = connect(&base).await;
+    let got = trickle(
+        &mut sock,
+        b"POST /plugins/sinks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"name\": \"",
+        b"a",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    let rest = read_to_close(&mut sock).await;
+    let body = format!("{got}{rest}");
+    assert!(
+        body.contains(
+            r#"{"error":1000,"message":"the request body did not arrive within 1 s (KUIPER_BODY_TIMEOUT_SECS)"}"#
+        ),
+        "{body}"
+    );
+    assert!(list(&base, "sinks").await.is_empty());
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let envs = limits(
+        &dir.path().join("data"),
+        &[("KUIPER_IDLE_TIMEOUT_SECS", "1")],
+    );
+    let (_child, base) = start(&envs).await;
+    let mut sock = connect(&base).await;
+    // Two requests on one connection: it is kept alive between them.
+    for _ in 0..2 {
+        sock.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_answer(&mut sock).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    }
+    // Then it sits idle, and the service closes it.
+    assert_eq!(read_to_close(&mut sock).await, "");
+}
+
+#[tokio::test]
+async fn sigterm_with_a_stuck_client_exits_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let envs = limits(
+        &dir.path().join("data"),
+        &[("KUIPER_SHUTDOWN_TIMEOUT_SECS", "1")],
+    );
+    let (mut child, base) = start(&envs).await;
+    let mut sock = connect(&base).await;
+    // A request whose body stops coming: `100 Continue` says its handler is
+    // reading the body.
+    sock.write_all(b"POST /plugins/sinks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(GIVE_UP, sock.read(&mut buf))
+        .await
+        .expect("100 Continue")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    sock.write_all(b"{\"name\": \"stuck").await.unwrap();
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: sends a signal to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(GIVE_UP, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("plugin-api still runs {GIVE_UP:?} after SIGTERM"))
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -1,7 +1,10 @@
 //! A TCP host on 127.0.0.1 that answers every request with exact bytes, for
 //! what a well-behaved HTTP library will not send: bodies shorter or longer
-//! than their `Content-Length`, connections that stall or reset.
+//! than their `Content-Length`, connections that stall or reset. It counts
+//! the connections it accepts, so a test can tell that nobody connected.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +25,8 @@ pub enum RawReply {
 /// A host that answers every connection with one [`RawReply`].
 pub struct RawHost {
     base: String,
+    port: u16,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -31,12 +36,16 @@ impl RawHost {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind raw host");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let addr = listener.local_addr().expect("addr");
+        let base = format!("http://{addr}");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let reply = reply.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 8192];
@@ -61,7 +70,22 @@ impl RawHost {
                 });
             }
         });
-        RawHost { base, task }
+        RawHost {
+            base,
+            port: addr.port(),
+            connections,
+            task,
+        }
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The URL of `path` on this host.

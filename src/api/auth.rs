@@ -1,7 +1,8 @@
 //! Optional authentication, compatible with eKuiper's scheme: a JWT signed
-//! RS256 in the `Authorization` header (raw, or `Bearer <token>`), whose `iss`
-//! names one of the RSA public keys (PEM files) in `KUIPER_AUTH_KEYS_DIR` and
-//! whose `aud` contains `eKuiper`; `exp` is required and `nbf` honoured.
+//! RS256 in the `Authorization` header (raw, or `Bearer <token>` with the
+//! scheme in any case), whose `iss` names one of the RSA public keys (PEM
+//! files) in `KUIPER_AUTH_KEYS_DIR` and whose `aud` contains `eKuiper`; `exp`
+//! is required and `nbf` honoured.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -101,6 +102,17 @@ impl AuthKeys {
     }
 }
 
+/// The token in an `Authorization` value: raw, or after the `Bearer` scheme,
+/// whose name is case-insensitive (RFC 7235) and may be followed by several
+/// spaces or tabs.
+fn token_of(value: &str) -> &str {
+    let value = value.trim();
+    match value.split_once([' ', '\t']) {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => value,
+    }
+}
+
 /// Middleware: lets `GET /` and `GET /ping` through, and every other request
 /// only with a valid token.
 pub async fn require_token(State(keys): State<AuthKeys>, req: Request, next: Next) -> Response {
@@ -112,8 +124,7 @@ pub async fn require_token(State(keys): State<AuthKeys>, req: Request, next: Nex
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+        .map(token_of);
     let verdict = match token {
         Some(t) if !t.is_empty() => keys.verify(t),
         _ => Err("no Authorization header".to_string()),

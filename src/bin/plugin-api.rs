@@ -139,7 +139,7 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     println!("plugin-api listening on http://{addr} (store: {location})");
     let probe = start_probe();
     let serve = async {
-        server::serve_local(listener, app)
+        server::serve_local(listener, app, config.server_timeouts())
             .await
             .map_err(|e| e.to_string())
     };

@@ -3,6 +3,7 @@
 //! the address policy of [`policy`].
 
 pub mod policy;
+mod uploads;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -459,21 +460,11 @@ impl Fetcher {
         let path = url
             .to_file_path()
             .map_err(|_| FetchError::FileAccess("not a local file path".into()))?;
-        let dir = dir
-            .canonicalize()
-            .map_err(|e| FetchError::FileAccess(format!("uploads directory unavailable: {e}")))?;
-        let real = path
-            .canonicalize()
-            .map_err(|e| FetchError::FileAccess(format!("{}: {e}", path.display())))?;
-        if !real.starts_with(&dir) {
-            return Err(FetchError::FileAccess(format!(
-                "path must be under {}",
-                dir.display()
-            )));
-        }
+        let dir = dir.clone();
         let limit = self.settings.max_download_bytes;
         tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
+            let real = uploads::resolve(&dir, &path)?;
             let meta =
                 std::fs::metadata(&real).map_err(|e| FetchError::FileAccess(e.to_string()))?;
             if !meta.is_file() {

@@ -3,9 +3,12 @@
 //! allows them (`KUIPER_ALLOW_PRIVATE_NETWORK`, `KUIPER_ALLOWED_HOSTS`).
 //!
 //! The check runs twice: on every URL (the first and each redirect hop), where
-//! IP-literal hosts are decided, and in the DNS resolver, where the addresses a
-//! name resolves to are decided: the client connects only to addresses that
-//! passed, so DNS rebinding cannot slip a private address in.
+//! IP-literal hosts and the ports of listed names are decided, and in the DNS
+//! resolver, where the addresses a name resolves to are decided: the client
+//! connects only to addresses that passed, so DNS rebinding cannot slip a
+//! private address in. The resolver never sees the port, so it trusts every
+//! listed name, and the URL check refuses a name on a port it is not listed
+//! with.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,7 +21,9 @@ use url::{Host, Url};
 pub struct AddressPolicy {
     /// Allow every destination, private or not.
     pub allow_private: bool,
-    /// Hosts allowed whatever their addresses: `host` (any port) or `host:port`.
+    /// Hosts allowed whatever their addresses: `host` (any port) or
+    /// `host:port` (that port only; a name listed with ports only is refused
+    /// on any other port).
     pub allowed_hosts: Vec<String>,
 }
 
@@ -78,21 +83,36 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     if ip.is_loopback() {
         return Some("loopback");
     }
-    // IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96)
-    // and 6to4 (2002:AABB:CCDD::/48) carry an IPv4 address: judge that address.
+    // Forms that carry an IPv4 address are judged by that address:
+    // IPv4-mapped (::ffff:a.b.c.d), IPv4-translated (::ffff:0:a.b.c.d),
+    // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::a.b.c.d), 6to4
+    // (2002:AABB:CCDD::/48) and Teredo (2001:0:SSSS:SSSS:_:_:CCCC:CCCC, the
+    // server's address and the client's, inverted: both must be public).
+    let low = Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32);
     if let Some(v4) = ip.to_ipv4_mapped() {
         return v4_reason(v4);
     }
-    if seg[..6] == [0, 0, 0, 0, 0, 0] {
-        return v4_reason(Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32));
+    if seg[..6] == [0, 0, 0, 0, 0xffff, 0] || seg[..6] == [0, 0, 0, 0, 0, 0] {
+        return v4_reason(low);
     }
     if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return v4_reason(Ipv4Addr::from(((seg[6] as u32) << 16) | seg[7] as u32));
+        return v4_reason(low);
+    }
+    if seg[..3] == [0x64, 0xff9b, 1] {
+        // Local-use NAT64 (RFC 8215): where the IPv4 address sits depends on
+        // the operator's prefix length, so it cannot be judged.
+        return Some("local-use NAT64");
     }
     if seg[0] == 0x2002 {
         return v4_reason(Ipv4Addr::from(((seg[1] as u32) << 16) | seg[2] as u32));
     }
+    if seg[..2] == [0x2001, 0] {
+        let server = Ipv4Addr::from(((seg[2] as u32) << 16) | seg[3] as u32);
+        return v4_reason(server).or_else(|| v4_reason(Ipv4Addr::from(!u32::from(low))));
+    }
     match seg[0] {
+        // The rest of ::/8 is reserved (RFC 4291): never a public destination.
+        s if s & 0xff00 == 0 => Some("reserved"),
         s if s & 0xfe00 == 0xfc00 => Some("unique-local"),
         s if s & 0xffc0 == 0xfe80 => Some("link-local"),
         s if s & 0xffc0 == 0xfec0 => Some("site-local"),
@@ -103,30 +123,67 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
-impl AddressPolicy {
-    fn host_allowed(&self, host: &str, port: Option<u16>) -> bool {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        self.allowed_hosts.iter().any(|entry| {
-            let entry = entry.trim().to_ascii_lowercase();
-            match entry
-                .rsplit_once(':')
-                .filter(|(h, p)| !h.ends_with(':') && p.parse::<u16>().is_ok())
-            {
-                Some((h, p)) if !entry.starts_with('[') || h.ends_with(']') => {
-                    h.trim_start_matches('[').trim_end_matches(']') == host
-                        && port == p.parse().ok()
-                }
-                _ => entry.trim_start_matches('[').trim_end_matches(']') == host,
+/// The host of an allowed-hosts entry: an address, or a name in lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum EntryHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// One `KUIPER_ALLOWED_HOSTS` entry: `host` (any port) or `host:port` (that
+/// port only); an IPv6 address with a port is written `[addr]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostEntry {
+    host: EntryHost,
+    port: Option<u16>,
+}
+
+impl HostEntry {
+    /// Parses an entry. A port that is not a number leaves the entry naming
+    /// a host no URL has, so it allows nothing.
+    fn parse(entry: &str) -> Self {
+        let entry = entry.trim().to_ascii_lowercase();
+        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((host, "")) => (host.to_string(), None),
+                Some((host, tail)) => match tail.strip_prefix(':').map(str::parse::<u16>) {
+                    Some(Ok(port)) => (host.to_string(), Some(port)),
+                    _ => (entry.clone(), None),
+                },
+                None => (entry.clone(), None),
             }
-        })
+        } else {
+            match entry.rsplit_once(':') {
+                // More than one colon: a bare IPv6 address, which has no port.
+                Some((host, _)) if host.contains(':') => (entry.clone(), None),
+                Some((host, port)) => match port.parse::<u16>() {
+                    Ok(port) => (host.to_string(), Some(port)),
+                    Err(_) => (entry.clone(), None),
+                },
+                None => (entry.clone(), None),
+            }
+        };
+        let host = match host.parse::<IpAddr>() {
+            Ok(ip) => EntryHost::Ip(ip),
+            Err(_) => EntryHost::Name(host),
+        };
+        HostEntry { host, port }
+    }
+
+    fn allows_port(&self, port: Option<u16>) -> bool {
+        self.port.is_none() || self.port == port
+    }
+}
+
+impl AddressPolicy {
+    fn entries(&self) -> impl Iterator<Item = HostEntry> + '_ {
+        self.allowed_hosts.iter().map(|e| HostEntry::parse(e))
     }
 
     /// Checks a URL about to be requested (the first one or a redirect hop):
-    /// http(s) only, and an IP-literal host must be public unless allowed.
-    /// Names are checked when they are resolved.
+    /// http(s) only; an IP-literal host must be public unless allowed; a name
+    /// listed with ports only is refused on any other port. Other names are
+    /// checked when they are resolved.
     pub fn check_url(&self, url: &Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
@@ -138,13 +195,17 @@ impl AddressPolicy {
             return Ok(());
         }
         let port = url.port_or_known_default();
-        let (text, ip) = match url.host() {
+        let ip = match url.host() {
             None => return Err("the URL has no host".into()),
-            Some(Host::Ipv4(v4)) => (v4.to_string(), IpAddr::V4(v4)),
-            Some(Host::Ipv6(v6)) => (format!("[{v6}]"), IpAddr::V6(v6)),
-            Some(Host::Domain(_)) => return Ok(()),
+            Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
+            Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
+            Some(Host::Domain(name)) => return self.check_name(name, port),
         };
-        if self.host_allowed(&text, port) {
+        let host = EntryHost::Ip(ip);
+        if self
+            .entries()
+            .any(|e| e.host == host && e.allows_port(port))
+        {
             return Ok(());
         }
         match non_public_reason(ip) {
@@ -153,23 +214,34 @@ impl AddressPolicy {
         }
     }
 
+    /// A name listed only with ports may be reached on those ports only: the
+    /// resolver trusts every listed name, whatever port it is asked for.
+    fn check_name(&self, name: &str, port: Option<u16>) -> Result<(), String> {
+        let host = EntryHost::Name(name.to_ascii_lowercase());
+        let listed: Vec<HostEntry> = self.entries().filter(|e| e.host == host).collect();
+        if listed.is_empty() || listed.iter().any(|e| e.allows_port(port)) {
+            return Ok(());
+        }
+        let mut ports: Vec<u16> = listed.iter().filter_map(|e| e.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let shown = port.map_or_else(|| name.to_string(), |p| format!("{name}:{p}"));
+        Err(format!(
+            "destination {shown} is not allowed (KUIPER_ALLOWED_HOSTS allows {name} on port {} only)",
+            ports.join(", ")
+        ))
+    }
+
     /// The resolver that enforces this policy on names.
     pub fn resolver(&self) -> Arc<GuardedResolver> {
         Arc::new(GuardedResolver {
             allow_private: self.allow_private,
             allowed_names: self
-                .allowed_hosts
-                .iter()
-                .map(|h| {
-                    let h = h.trim().to_ascii_lowercase();
-                    match h.rsplit_once(':') {
-                        Some((name, port))
-                            if port.parse::<u16>().is_ok() && !name.contains(':') =>
-                        {
-                            name.to_string()
-                        }
-                        _ => h,
-                    }
+                .entries()
+                .filter_map(|e| match e.host {
+                    EntryHost::Name(name) => Some(name),
+                    EntryHost::Ip(_) => None,
                 })
                 .collect(),
         })
@@ -186,7 +258,8 @@ pub struct GuardedResolver {
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_ascii_lowercase();
-        // Names allowed by host alone; `host:port` entries are enforced per URL.
+        // Every listed name, with a port or not: `check_url` has already
+        // refused a name on a port it is not listed with.
         let trusted = self.allow_private || self.allowed_names.contains(&host);
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
@@ -237,7 +310,25 @@ mod tests {
             ("::ffff:169.254.169.254", "link-local"),
             ("::127.0.0.1", "loopback"),
             ("64:ff9b::a00:1", "private"),
+            ("64:ff9b::127.0.0.1", "loopback"),
             ("2002:c0a8:0101::1", "private"),
+            ("2002:7f00:1::", "loopback"),
+            ("2002:a9fe:a9fe:1::1", "link-local"),
+            // IPv4-translated (RFC 2765): ::ffff:0:a.b.c.d.
+            ("::ffff:0:127.0.0.1", "loopback"),
+            ("::ffff:0:a9fe:a9fe", "link-local"),
+            ("::ffff:0:10.0.0.5", "private"),
+            // Local-use NAT64 (RFC 8215), whatever it carries.
+            ("64:ff9b:1::a00:1", "local-use NAT64"),
+            ("64:ff9b:1:ffff::808:808", "local-use NAT64"),
+            ("64:ff9b:1::8.8.8.8", "local-use NAT64"),
+            // Teredo: server 127.0.0.1, or client 127.0.0.1 (inverted: 80ff:fffe).
+            ("2001:0:7f00:1::1", "loopback"),
+            ("2001:0:808:808:0:0:80ff:fffe", "loopback"),
+            ("2001:0:808:808::f5ff:fffa", "private"),
+            // The rest of ::/8.
+            ("::1:0:0:7f00:1", "reserved"),
+            ("64:ff9b:0:1::808:808", "reserved"),
         ] {
             assert_eq!(reason(ip), Some(why), "{ip}");
         }
@@ -249,6 +340,11 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "169.253.0.1",
+            "::ffff:0:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+            // Teredo with public server 8.8.8.8 and client 1.1.1.1 (inverted).
+            "2001:0:808:808:0:0:fefe:fefe",
         ] {
             assert_eq!(reason(ip), None, "{ip}");
         }
@@ -267,6 +363,10 @@ mod tests {
             "http://[::ffff:7f00:1]/a.zip",
             "http://169.254.169.254/latest/meta-data/a.zip",
             "http://[fd00:ec2::254]/a.zip",
+            "http://[::ffff:0:7f00:1]/a.zip",
+            "http://[64:ff9b:1::a9fe:a9fe]/a.zip",
+            "http://[2001:0:a9fe:a9fe::1]/a.zip",
+            "http://[2002:7f00:1::1]/a.zip",
             "http://10.0.0.5/a.zip",
             "http://0/a.zip",
         ] {
@@ -304,6 +404,40 @@ mod tests {
         assert!(ok("http://10.0.0.5:99/a.zip"));
         assert!(ok("http://[::1]:9000/a.zip"));
         assert!(!ok("http://[::1]:9001/a.zip"));
+        assert!(
+            ok("http://[0:0::1]:9000/a.zip"),
+            "addresses compare as addresses"
+        );
+        // A name with a port: that port only (the resolver trusts the name).
+        let p = AddressPolicy {
+            allow_private: false,
+            allowed_hosts: vec![
+                "files.internal:8080".into(),
+                " Files.Internal:8443 ".into(),
+                "any.internal".into(),
+                "localhost:80".into(),
+            ],
+        };
+        let check = |u: &str| p.check_url(&Url::parse(u).unwrap());
+        assert!(check("http://files.internal:8080/a.zip").is_ok());
+        assert!(check("https://FILES.internal:8443/a.zip").is_ok());
+        assert_eq!(
+            check("http://files.internal:8081/a.zip").unwrap_err(),
+            "destination files.internal:8081 is not allowed (KUIPER_ALLOWED_HOSTS allows files.internal on port 8080, 8443 only)"
+        );
+        assert!(check("https://files.internal/a.zip")
+            .unwrap_err()
+            .starts_with("destination files.internal:443 is not allowed"));
+        assert!(check("http://localhost/a.zip").is_ok(), "80 is http's port");
+        assert!(check("https://localhost/a.zip").is_err());
+        assert!(check("http://any.internal:1/a.zip").is_ok());
+        assert!(
+            check("http://public.example:1/a.zip").is_ok(),
+            "checked when resolved"
+        );
+        let names = &p.resolver().allowed_names;
+        assert!(names.contains("files.internal") && names.contains("any.internal"));
+        assert!(!names.contains("public.example"));
         let open = AddressPolicy {
             allow_private: true,
             allowed_hosts: vec![],

@@ -52,6 +52,34 @@ async fn tokens_are_required(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, 201, "a Bearer token: {}", r.body);
+    // The scheme's name is case-insensitive (RFC 7235), as eKuiper's own
+    // handling has it, and may be followed by more than one space.
+    for header in [
+        format!("bearer {good}"),
+        format!("BEARER {good}"),
+        format!("bEaReR    {good}"),
+        format!("Bearer\t{good}"),
+    ] {
+        let r = env
+            .request_auth(Method::GET, "/plugins/sinks", None, Some(&header))
+            .await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "[\"authed\"]"),
+            "{:?}",
+            &header[..10]
+        );
+    }
+    // Another scheme's name is not taken for a token's.
+    let r = env
+        .request_auth(
+            Method::GET,
+            "/plugins/sinks",
+            None,
+            Some(&format!("Basic {good}")),
+        )
+        .await;
+    assert_eq!(r.status, 401);
 
     let mut bad = Vec::new();
     let with = |f: &dyn Fn(&mut serde_json::Value)| {

@@ -3,6 +3,7 @@
 //! resolution, on every redirect hop, and for callbacks.
 
 use kuiper_harness::files::FileHost;
+use kuiper_harness::raw::{RawHost, RawReply};
 use serde_json::json;
 
 use crate::common::{Backend, TestEnv};
@@ -151,4 +152,74 @@ async fn private_destinations_are_refused_local() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_destinations_are_refused_s3() {
     private_destinations_are_refused(Backend::S3).await;
+}
+
+/// The port of a `http://host:port...` URL.
+fn port_of(url: &str) -> u16 {
+    url::Url::parse(url).unwrap().port().expect("a port")
+}
+
+/// `KUIPER_ALLOWED_HOSTS=localhost:A` allows the name on port A only: a
+/// download from another port, a callback to it and a redirect hop to it are
+/// refused, and nothing connects to that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_name_with_a_port_allows_that_port_only() {
+    let mut env = TestEnv::start(Backend::Local).await;
+    let files = port_of(&env.files.base());
+    let callbacks = port_of(&env.callbacks.url("/"));
+    env.extra_args = vec![
+        "--allow-private-network".into(),
+        "false".into(),
+        "--allowed-hosts".into(),
+        format!("localhost:{files},localhost:{callbacks}"),
+    ];
+    env.restart().await;
+    let other = RawHost::start(RawReply::Close).await;
+    let b = other.port();
+    let mut ports = [files, callbacks];
+    ports.sort_unstable();
+    let not_allowed = format!(
+        "destination localhost:{b} is not allowed (KUIPER_ALLOWED_HOSTS allows localhost on port {}, {} only)",
+        ports[0], ports[1]
+    );
+
+    // A download from another port of the name.
+    let elsewhere = format!("http://localhost:{b}/ssrf.zip");
+    refused(&env, &elsewhere, &not_allowed).await;
+    // A callback to another port of the name.
+    let zip = crate::common::plugin_zip("sinks", "ssrf", "Ssrf.so");
+    env.files.serve("/ok.zip", zip).await;
+    let ok = format!("http://localhost:{files}/ok.zip");
+    let cb = format!("http://localhost:{b}/cb");
+    let r = env
+        .post(
+            "/plugins/sinks",
+            json!({"name": "ssrf", "file": ok, "callback": cb}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.error_message(),
+        format!("sinks plugins create command error: invalid callback uri {cb}: {not_allowed}")
+    );
+    // A redirect hop from the allowed port to another one.
+    env.files.serve_redirect("/hop.zip", &elsewhere).await;
+    refused(
+        &env,
+        &format!("http://localhost:{files}/hop.zip"),
+        &format!("redirect to {elsewhere} refused: {not_allowed}"),
+    )
+    .await;
+    assert_eq!(other.connections(), 0, "nothing connected to port {b}");
+    assert!(env.list("sinks").await.is_empty());
+
+    // The allowed ports work, by name.
+    let r = env
+        .post(
+            "/plugins/sinks",
+            json!({"name": "ssrf", "file": ok, "callback": format!("http://localhost:{callbacks}/callback")}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(env.list("sinks").await, vec!["ssrf"]);
 }
