@@ -20,7 +20,9 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use super::{check_small, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk};
+use super::{
+    check_small, Condition, ETag, Listed, Object, Store, StoreError, Unfinished, UploadChunk,
+};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 /// How to reach the bucket. Unset fields come from the standard AWS
@@ -624,6 +626,89 @@ impl Store for S3Store {
             Ok(_) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(map_err("delete object", e)),
+        }
+    }
+
+    async fn delete_if(&self, key: &str, etag: &ETag) -> Result<(), StoreError> {
+        // AWS S3 answers 412 when the tag differs and 404 when the key is
+        // absent; either way nothing was deleted.
+        match self
+            .client()
+            .await
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .if_match(&etag.0)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Err(StoreError::PreconditionFailed),
+            Err(e) => Err(map_err("delete object", e)),
+        }
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        let prefix = if self.prefix.is_empty() {
+            None
+        } else {
+            Some(format!("{}/", self.prefix))
+        };
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .client()
+                .await
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .set_prefix(prefix.clone())
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| map_err("list multipart uploads", e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let Some(short) = self.unprefix(key) else {
+                    continue;
+                };
+                out.push(Unfinished {
+                    name: format!("{short} (upload {id})"),
+                    since: upload.initiated().map_or(0, |t| t.secs().max(0) as u64),
+                    handle: (key.to_string(), id.to_string()),
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn abort_unfinished(&self, upload: &Unfinished) -> Result<(), StoreError> {
+        let (key, id) = &upload.handle;
+        match self
+            .client()
+            .await
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(map_err("abort multipart upload", e)),
         }
     }
 
