@@ -301,6 +301,11 @@ impl S3 for Serialized {
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.fault()?;
         let id = req.input.upload_id.clone();
+        // AWS S3 answers 404 NoSuchUpload for an upload already completed
+        // or aborted; s3s-fs answers 403.
+        if !self.uploads.lock().expect("uploads lock").contains_key(&id) {
+            return Err(s3_error!(NoSuchUpload));
+        }
         let resp = self.inner.abort_multipart_upload(req).await?;
         self.uploads.lock().expect("uploads lock").remove(&id);
         Ok(resp)
