@@ -327,7 +327,11 @@ async fn conditional_delete<S: Store>(s: Arc<S>) {
         s.delete_if(k, &v1.etag).await,
         Err(StoreError::PreconditionFailed)
     ));
-    let v2 = s.get(k).await.unwrap().expect("a refused delete deletes nothing");
+    let v2 = s
+        .get(k)
+        .await
+        .unwrap()
+        .expect("a refused delete deletes nothing");
     assert_eq!(&v2.body[..], b"v2");
     // Of concurrent deletes of one version, exactly one succeeds.
     let mut tasks = Vec::new();
@@ -374,12 +378,19 @@ async fn unfinished_uploads<S: Store>(s: Arc<S>) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(listed.len(), 1, "the upload in progress is listed: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        1,
+        "the upload in progress is listed: {listed:?}"
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    assert!(listed[0].since + 600 > now && listed[0].since <= now + 5, "{listed:?}");
+    assert!(
+        listed[0].since + 600 > now && listed[0].since <= now + 5,
+        "{listed:?}"
+    );
     s.abort_unfinished(&listed[0]).await.unwrap();
     assert!(s.unfinished().await.unwrap().is_empty(), "aborted");
     s.abort_unfinished(&listed[0])
