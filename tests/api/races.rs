@@ -306,7 +306,7 @@ async fn delete_racing_recreate_keeps_the_new_instance(env: TestEnv) {
 /// `register` racing `delete`, repeated: afterwards the plugin is gone and
 /// every name either request touched can be claimed by another plugin.
 async fn register_racing_delete_blocks_no_name(env: TestEnv) {
-    for round in 0..8 {
+    for round in 0..20 {
         let name = format!("reg{round}");
         let url = env.serve_plugin("functions", &name).await;
         let r = env
@@ -322,8 +322,15 @@ async fn register_racing_delete_blocks_no_name(env: TestEnv) {
         let delete = env
             .http
             .delete(format!("{}/plugins/functions/{name}", env.base));
+        // The delete starts a little later each round, so that it meets the
+        // register at different steps (its claims, its compare-and-swap).
+        let stagger = std::time::Duration::from_micros(500 * (round % 8));
+        let delete = async move {
+            tokio::time::sleep(stagger).await;
+            send(delete).await
+        };
         let (registered, deleted) =
-            tokio::join!(tokio::spawn(send(register)), tokio::spawn(send(delete)));
+            tokio::join!(tokio::spawn(send(register)), tokio::spawn(delete));
         let (registered, deleted) = (registered.unwrap(), deleted.unwrap());
         assert!(matches!(registered.0, 200 | 404 | 409), "{registered:?}");
         assert!(matches!(deleted.0, 200 | 409), "{deleted:?}");
