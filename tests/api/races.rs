@@ -140,17 +140,21 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, String) {
 async fn creates_differing_in_case_one_winner(env: TestEnv) {
     for round in 0..5 {
         let (lower, upper) = (format!("case{round}"), format!("Case{round}"));
-        let mut tasks = Vec::new();
+        let mut requests = Vec::new();
         for name in [&lower, &upper] {
             let url = env.serve_plugin("sources", name).await;
             let body = json!({"name": name, "file": url}).to_string();
-            let req = env
-                .http
-                .post(format!("{}/plugins/sources", env.base))
-                .header("content-type", "application/json")
-                .body(body);
-            tasks.push(tokio::spawn(send(req)));
+            requests.push(
+                env.http
+                    .post(format!("{}/plugins/sources", env.base))
+                    .header("content-type", "application/json")
+                    .body(body),
+            );
         }
+        let tasks: Vec<_> = requests
+            .into_iter()
+            .map(|r| tokio::spawn(send(r)))
+            .collect();
         let mut created = Vec::new();
         for (t, (name, other)) in tasks.into_iter().zip([(&lower, &upper), (&upper, &lower)]) {
             let (status, body) = t.await.unwrap();
@@ -184,17 +188,21 @@ async fn function_names_differing_in_case_one_winner(env: TestEnv) {
     for round in 0..5 {
         let names = [format!("fa{round}"), format!("fb{round}")];
         let functions = [format!("fn{round}"), format!("FN{round}")];
-        let mut tasks = Vec::new();
+        let mut requests = Vec::new();
         for (name, function) in names.iter().zip(&functions) {
             let url = env.serve_plugin("functions", name).await;
             let body = json!({"name": name, "file": url, "functions": [function]}).to_string();
-            let req = env
-                .http
-                .post(format!("{}/plugins/functions", env.base))
-                .header("content-type", "application/json")
-                .body(body);
-            tasks.push(tokio::spawn(send(req)));
+            requests.push(
+                env.http
+                    .post(format!("{}/plugins/functions", env.base))
+                    .header("content-type", "application/json")
+                    .body(body),
+            );
         }
+        let tasks: Vec<_> = requests
+            .into_iter()
+            .map(|r| tokio::spawn(send(r)))
+            .collect();
         let mut created = 0;
         for t in tasks {
             let (status, body) = t.await.unwrap();
