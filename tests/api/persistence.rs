@@ -2,7 +2,9 @@
 
 use serde_json::json;
 
-use crate::common::TestEnv;
+use kuiper_registry::store::local::LocalStore;
+
+use crate::common::{Backend, TestEnv};
 
 both_stores!(state_survives_restart);
 
@@ -38,4 +40,50 @@ async fn state_survives_restart(mut env: TestEnv) {
         )
         .await;
     assert!(r.error_message().ends_with("invalid name file2: duplicate"));
+}
+
+/// Writes `body` at store key `key` behind the service's back (as an earlier
+/// version, an operator or a dead process left it).
+pub async fn put_object(env: &TestEnv, key: &str, body: Vec<u8>) {
+    use kuiper_registry::store::{Condition, Store};
+    match env.backend {
+        Backend::Local => LocalStore::new(env.objects_dir())
+            .unwrap()
+            .put(key, body.into(), Condition::None)
+            .await
+            .unwrap(),
+        Backend::S3 => env
+            .s3_store()
+            .await
+            .put(key, body.into(), Condition::None)
+            .await
+            .unwrap(),
+    }
+}
+
+/// Reads store key `key` behind the service's back.
+pub async fn get_object(env: &TestEnv, key: &str) -> Option<Vec<u8>> {
+    use kuiper_registry::store::Store;
+    let obj = match env.backend {
+        Backend::Local => LocalStore::new(env.objects_dir())
+            .unwrap()
+            .get(key)
+            .await
+            .unwrap(),
+        Backend::S3 => env.s3_store().await.get(key).await.unwrap(),
+    };
+    obj.map(|o| o.body.to_vec())
+}
+
+/// Deletes store key `key` behind the service's back.
+pub async fn delete_object(env: &TestEnv, key: &str) {
+    use kuiper_registry::store::Store;
+    match env.backend {
+        Backend::Local => LocalStore::new(env.objects_dir())
+            .unwrap()
+            .delete(key)
+            .await
+            .unwrap(),
+        Backend::S3 => env.s3_store().await.delete(key).await.unwrap(),
+    }
 }
