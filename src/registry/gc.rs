@@ -13,6 +13,7 @@ use super::functions::{claim_stem, Claim};
 use super::{index, now_secs, Registry, Result};
 use crate::fetch::SPOOL_PREFIX;
 use crate::package::PluginType;
+use crate::store::local::locked_by_another;
 use crate::store::{keys, Store, StoreError};
 
 /// How old a temporary file must be before a starting service removes it:
@@ -51,7 +52,8 @@ fn modified_secs(meta: &std::fs::Metadata) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The download spool files in `dir` last written at or before `cutoff`.
+/// The download spool files in `dir` last written at or before `cutoff`
+/// and not in use.
 fn stale_spool_files(dir: &Path, cutoff: u64) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -64,7 +66,12 @@ fn stale_spool_files(dir: &Path, cutoff: u64) -> std::io::Result<Vec<PathBuf>> {
             continue;
         }
         match entry.metadata() {
-            Ok(meta) if meta.is_file() && modified_secs(&meta) <= cutoff => out.push(entry.path()),
+            Ok(meta) if meta.is_file() && modified_secs(&meta) <= cutoff => {
+                // A live download holds its spool file's lock.
+                if !locked_by_another(&entry.path()) {
+                    out.push(entry.path());
+                }
+            }
             _ => {}
         }
     }
@@ -151,7 +158,7 @@ impl<S: Store> Registry<S> {
             }
         }
         for upload in self.store.unfinished().await? {
-            if upload.since > cutoff {
+            if upload.since > cutoff || upload.in_use {
                 continue;
             }
             if !dry_run {

@@ -70,11 +70,15 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
+    /// A new temporary file under `{root}/.tmp/`, locked (`flock`) while it
+    /// is open, so that clean-ups can tell it is in use.
     fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        tempfile::Builder::new()
+        let file = tempfile::Builder::new()
             .prefix("obj-")
             .tempfile_in(self.root.join(TMP_DIR))
-            .map_err(io_err)
+            .map_err(io_err)?;
+        let _ = file.as_file().try_lock();
+        Ok(file)
     }
 
     /// Runs `f` while holding the store's write lock (in-process and across processes).
@@ -108,6 +112,15 @@ fn modified_secs(meta: &fs::Metadata) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Whether an open file description holds the lock of the file at `path`:
+/// a writer that is alive (locks go with the process that held them).
+pub(crate) fn locked_by_another(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(file) => matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 /// The files in the temporary folder `tmp` (partial objects of writes in
 /// progress, or of writers that died), with their last modification.
 fn temp_files(tmp: &Path) -> Result<Vec<Unfinished>, StoreError> {
@@ -129,6 +142,7 @@ fn temp_files(tmp: &Path) -> Result<Vec<Unfinished>, StoreError> {
             out.push(Unfinished {
                 name: format!("{TMP_DIR}/{name}"),
                 since: modified_secs(&meta),
+                in_use: locked_by_another(&entry.path()),
                 handle: (name, String::new()),
             });
         }
@@ -371,7 +385,7 @@ impl Store for LocalStore {
             }
         };
         let mut removed = Vec::new();
-        for file in files.into_iter().filter(|f| f.since < cutoff) {
+        for file in files.into_iter().filter(|f| f.since < cutoff && !f.in_use) {
             match fs::remove_file(tmp.join(&file.handle.0)) {
                 Ok(()) => removed.push(file.name),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

@@ -64,6 +64,9 @@ pub struct Unfinished {
     pub name: String,
     /// When it was last written (local) or started (S3), seconds since the Unix epoch.
     pub since: u64,
+    /// Known to be in progress in a live process on this machine (a local
+    /// temporary file whose lock is held); `gc` leaves such an upload alone.
+    pub in_use: bool,
     /// The backend's handle: the temporary file's name, or key and upload id.
     pub(crate) handle: (String, String),
 }
@@ -190,7 +193,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Removes the backend's own temporary files on this machine that were
-    /// last written more than `older_than` ago (a service calls it as it
+    /// last written more than `older_than` ago and are not in use (a service calls it as it
     /// starts), returning their names. Backends without any (S3) do nothing.
     fn remove_stale_temp_files(&self, older_than: std::time::Duration) -> Vec<String> {
         let _ = older_than;

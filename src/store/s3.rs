@@ -678,6 +678,7 @@ impl Store for S3Store {
                 out.push(Unfinished {
                     name: format!("{short} (upload {id})"),
                     since: upload.initiated().map_or(0, |t| t.secs().max(0) as u64),
+                    in_use: false,
                     handle: (key.to_string(), id.to_string()),
                 });
             }

@@ -174,6 +174,7 @@ async fn leave_killed_create(env: &TestEnv) -> (String, std::path::PathBuf) {
     (unfinished, spool)
 }
 
+/// The store's unfinished uploads that no live process holds.
 async fn unfinished_uploads(env: &TestEnv) -> Vec<String> {
     use kuiper_registry::store::Store;
     let list = match env.backend {
@@ -185,7 +186,11 @@ async fn unfinished_uploads(env: &TestEnv) -> Vec<String> {
         }
         Backend::S3 => env.s3_store().await.unfinished().await,
     };
-    list.unwrap().into_iter().map(|u| u.name).collect()
+    list.unwrap()
+        .into_iter()
+        .filter(|u| !u.in_use)
+        .map(|u| u.name)
+        .collect()
 }
 
 /// `gc` finds the partial objects, incomplete uploads and spool files of
@@ -193,6 +198,23 @@ async fn unfinished_uploads(env: &TestEnv) -> Vec<String> {
 async fn gc_removes_what_killed_creates_left(env: TestEnv) {
     env.create_ok("sinks", "kept").await;
     let (unfinished, spool) = leave_killed_create(&env).await;
+    // Files of a download and an upload in progress on this machine (their
+    // locks held) are left alone, whatever their age.
+    let live_spool = env.tmp.path().join("kuiper-spool-live.zip");
+    let live_partial = env.objects_dir().join(".tmp/obj-live");
+    let mut live = vec![live_spool.clone()];
+    if env.backend == Backend::Local {
+        live.push(live_partial.clone());
+    }
+    let _held: Vec<std::fs::File> = live
+        .iter()
+        .map(|path| {
+            std::fs::write(path, b"in progress").unwrap();
+            let file = std::fs::File::open(path).unwrap();
+            file.lock().unwrap();
+            file
+        })
+        .collect();
     assert_eq!(unfinished_uploads(&env).await, vec![unfinished.clone()]);
     let young = gc(&env, 3600, true).await;
     assert!(young.unfinished_uploads_removed.is_empty(), "{young:?}");
@@ -218,6 +240,9 @@ async fn gc_removes_what_killed_creates_left(env: TestEnv) {
         .await
         .unfinished_uploads_removed
         .is_empty());
+    for path in &live {
+        assert!(path.exists(), "{} is in use and stays", path.display());
+    }
 }
 
 /// Sets a file's modification time `secs` seconds back.
@@ -247,7 +272,13 @@ async fn restart_removes_stale_temporary_files(mut env: TestEnv) {
     for f in stale.iter().chain(&fresh) {
         std::fs::write(f, b"left behind").unwrap();
     }
-    for f in stale.iter().chain([&other]) {
+    // An old spool file whose download is still going (its lock held) stays.
+    let long_download = env.tmp.path().join("kuiper-spool-long.zip");
+    std::fs::write(&long_download, b"still downloading").unwrap();
+    let held = std::fs::File::open(&long_download).unwrap();
+    held.lock().unwrap();
+    fresh.push(long_download.clone());
+    for f in stale.iter().chain([&other, &long_download]) {
         age(f, 2 * 3600);
     }
     env.restart().await;
