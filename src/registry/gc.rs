@@ -65,14 +65,12 @@ fn stale_spool_files(dir: &Path, cutoff: u64) -> std::io::Result<Vec<PathBuf>> {
         if !spool {
             continue;
         }
-        match entry.metadata() {
-            Ok(meta) if meta.is_file() && modified_secs(&meta) <= cutoff => {
-                // A live download holds its spool file's lock.
-                if !locked_by_another(&entry.path()) {
-                    out.push(entry.path());
-                }
-            }
-            _ => {}
+        // A live download holds its spool file's lock.
+        let stale = entry
+            .metadata()
+            .is_ok_and(|meta| meta.is_file() && modified_secs(&meta) <= cutoff);
+        if stale && !locked_by_another(&entry.path()) {
+            out.push(entry.path());
         }
     }
     out.sort();
