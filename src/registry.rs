@@ -8,7 +8,15 @@
 //! compare-and-swap for an update. Until the metadata is written nothing is
 //! visible, so a failure at any step leaves the old state. Zips are never
 //! deleted by requests (metadata may point at them); `gc` removes zips nothing
-//! points at.
+//! points at. A delete is conditional on the version it read.
+//!
+//! Names that differ only in case are one name: of plugins of a type (the
+//! create's lease in [`index`] refuses a case variant) and of function names
+//! (claims are keyed by the lower-cased name, see `functions`).
+//!
+//! Modules: `stage` (download, check, store a zip), `create` (create,
+//! update), `delete`, `functions` (claims, udfs, register), `gc` (garbage
+//! collection and the start-up clean-up), [`index`] (the name index).
 
 use std::path::PathBuf;
 use std::sync::Arc;

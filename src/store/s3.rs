@@ -1,7 +1,10 @@
 //! The S3 backend (`aws-sdk-s3`): AWS S3, MinIO and other S3-compatible servers.
 //!
 //! Create-only writes send `If-None-Match: *`, compare-and-swap writes send
-//! `If-Match: <etag>`; both are atomic on AWS S3 and MinIO. With a custom
+//! `If-Match: <etag>`; both are atomic on AWS S3 and MinIO. Conditional
+//! deletes send `If-Match` on DeleteObject (AWS S3 supports it; MinIO is to
+//! be checked). Unfinished uploads are the bucket's incomplete multipart
+//! uploads under the prefix (ListMultipartUploads). With a custom
 //! endpoint the client uses path-style addressing, and checksums are only sent
 //! or checked where the API requires them, so servers without the newest
 //! checksum headers still work.
