@@ -36,7 +36,7 @@ impl<S: Store> Registry<S> {
         if self.store.exists(&keys::plugin(ty, name)).await? {
             return Err(RegistryError::Duplicate(name.to_string()));
         }
-        if let Some(existing) = self.other_case(ty, name).await? {
+        if let Some(existing) = index::case_variant(&self.store, ty, name).await? {
             return Err(RegistryError::DuplicateOf {
                 name: name.to_string(),
                 existing,
@@ -185,19 +185,5 @@ impl<S: Store> Registry<S> {
         }
         self.release_all(&current.id, &removed).await;
         Ok(())
-    }
-
-    /// An existing plugin of the type whose name differs from `name` only in
-    /// case (a cheap check before downloading; the create's lease decides).
-    async fn other_case(&self, ty: PluginType, name: &str) -> Result<Option<String>> {
-        for n in self.names(ty).await?.to_vec() {
-            if n != name
-                && n.eq_ignore_ascii_case(name)
-                && self.store.exists(&keys::plugin(ty, &n)).await?
-            {
-                return Ok(Some(n));
-            }
-        }
-        Ok(None)
     }
 }

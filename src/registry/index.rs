@@ -262,6 +262,30 @@ pub async fn lease_create<S: Store>(
     })
 }
 
+/// A plugin of the type whose name differs from `name` only in case, as far
+/// as the index tells in one read (a cheap check before a create downloads
+/// anything; [`lease_create`] decides). A missing or unreadable index tells
+/// nothing.
+pub async fn case_variant<S: Store>(
+    store: &S,
+    ty: PluginType,
+    name: &str,
+) -> Result<Option<String>, StoreError> {
+    let (Some(index), _) = load(store, ty).await? else {
+        return Ok(None);
+    };
+    for n in index
+        .names
+        .iter()
+        .filter(|n| *n != name && n.eq_ignore_ascii_case(name))
+    {
+        if store.exists(&keys::plugin(ty, n)).await? {
+            return Ok(Some(n.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Ends a lease: removes it and sets `name`'s membership from whether its
 /// metadata exists now.
 pub async fn settle<S: Store>(
