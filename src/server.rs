@@ -31,6 +31,7 @@ pub fn build_registry<S: Store>(store: S, config: &ServiceConfig) -> Result<Regi
 /// Builds the router for `store` with the settings of `config`.
 pub fn build_app<S: Store>(store: S, config: &ServiceConfig) -> Result<Router, String> {
     let registry = build_registry(store, config)?;
+    registry.remove_stale_temp_files(crate::registry::STALE_TEMP_AGE);
     let auth = match &config.auth_keys_dir {
         Some(dir) => Some(AuthKeys::load(dir)?),
         None => None,

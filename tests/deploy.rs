@@ -1176,6 +1176,7 @@ fn s3_store_actions() -> BTreeSet<&'static str> {
             "delete_object" | "delete_objects" => &["s3:DeleteObject"],
             "list_objects_v2" | "head_bucket" => &["s3:ListBucket"],
             "list_parts" => &["s3:ListMultipartUploadParts"],
+            "list_multipart_uploads" => &["s3:ListBucketMultipartUploads"],
             other => panic!(
                 "src/store/s3.rs calls S3 `{other}`: map it to its IAM actions here and grant them in {TEMPLATE}"
             ),
@@ -1275,7 +1276,7 @@ fn template_bucket_is_private_versioned_and_the_policy_least_privilege() {
                     needed.contains(a.as_str()),
                     "{a} is more than the S3 store needs ({needed:?})"
                 );
-                if a == "s3:ListBucket" {
+                if a == "s3:ListBucket" || a == "s3:ListBucketMultipartUploads" {
                     assert!(!on_objects, "{a} on the bucket's ARN");
                 } else {
                     assert!(on_objects, "{a} on the bucket's objects (ARN/*)");

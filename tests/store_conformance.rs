@@ -314,6 +314,94 @@ async fn compare_and_swap_loses_no_update<S: Store>(s: Arc<S>) {
     );
 }
 
+async fn conditional_delete<S: Store>(s: Arc<S>) {
+    let k = "plugins/sinks/cond.json";
+    s.put(k, Bytes::from_static(b"v1"), Condition::None)
+        .await
+        .unwrap();
+    let v1 = s.get(k).await.unwrap().unwrap();
+    s.put(k, Bytes::from_static(b"v2"), Condition::None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.delete_if(k, &v1.etag).await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    let v2 = s
+        .get(k)
+        .await
+        .unwrap()
+        .expect("a refused delete deletes nothing");
+    assert_eq!(&v2.body[..], b"v2");
+    // Of concurrent deletes of one version, exactly one succeeds.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (s, etag) = (s.clone(), v2.etag.clone());
+        tasks.push(tokio::spawn(async move { s.delete_if(k, &etag).await }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::PreconditionFailed) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one conditional delete wins");
+    assert!(s.get(k).await.unwrap().is_none());
+    // An absent key fails the condition too.
+    assert!(matches!(
+        s.delete_if(k, &v2.etag).await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert!(s.get(k).await.unwrap().is_none());
+}
+
+/// An upload in progress is listed as unfinished until it completes;
+/// aborting it removes it, and the upload then stores nothing.
+async fn unfinished_uploads<S: Store>(s: Arc<S>) {
+    use kuiper_registry::store::UploadChunk;
+    assert!(s.unfinished().await.unwrap().is_empty());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let upload = {
+        let s = s.clone();
+        tokio::spawn(async move { s.put_stream("blobs/unfinished.zip", rx).await })
+    };
+    tx.send(UploadChunk::Data(Bytes::from(vec![7u8; 1 << 20])))
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    for _ in 0..500 {
+        listed = s.unfinished().await.unwrap();
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        listed.len(),
+        1,
+        "the upload in progress is listed: {listed:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        listed[0].since + 600 > now && listed[0].since <= now + 5,
+        "{listed:?}"
+    );
+    s.abort_unfinished(&listed[0]).await.unwrap();
+    assert!(s.unfinished().await.unwrap().is_empty(), "aborted");
+    s.abort_unfinished(&listed[0])
+        .await
+        .expect("aborting one already gone is not an error");
+    drop(tx);
+    assert!(upload.await.unwrap().is_err());
+    assert!(s.get("blobs/unfinished.zip").await.unwrap().is_none());
+    assert!(s.unfinished().await.unwrap().is_empty());
+}
+
 async fn small_objects_are_capped<S: Store>(s: &S) {
     let key = "index/sinks.json";
     let cap = MAX_SMALL_OBJECT_BYTES as usize;
@@ -357,6 +445,8 @@ async fn suite<S: Store>(s: S) {
     small_objects_are_capped(&s).await;
     let s = Arc::new(s);
     create_only_race(s.clone()).await;
+    conditional_delete(s.clone()).await;
+    unfinished_uploads(s.clone()).await;
     compare_and_swap_loses_no_update(s).await;
 }
 

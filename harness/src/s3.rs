@@ -5,8 +5,13 @@
 //! object's data and ETag separately, while AWS S3 and MinIO are atomic; this
 //! server serialises writes and reads per key so that race tests test the
 //! registry, not that gap. s3s-fs 0.14 also lists objects without their
-//! ETags, which this server fills in as AWS S3 and MinIO list them. It can
-//! also be told to fail every request with a status, to test store outages.
+//! ETags, which this server fills in as AWS S3 and MinIO list them. s3s-fs
+//! ignores `If-Match` on DeleteObject and does not implement
+//! ListMultipartUploads; this server checks the one (under the key's lock,
+//! 412 on another tag, 404 on an absent key, as AWS S3 answers) and answers
+//! the other from the uploads it saw started and not yet completed or
+//! aborted. It can also be told to fail every request with a status, to test
+//! store outages.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +57,9 @@ struct Serialized {
     /// s3s-fs's root directory (where it keeps per-object internal files).
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Multipart uploads started and not yet completed nor aborted:
+    /// upload id -> (bucket, key, when started).
+    uploads: Mutex<HashMap<String, (String, String, std::time::SystemTime)>>,
     stats: Arc<Stats>,
 }
 
@@ -165,6 +173,28 @@ impl S3 for Serialized {
         self.stats.deletes.fetch_add(1, Ordering::Relaxed);
         let lock = self.lock_for(&req.input.bucket, &req.input.key);
         let _guard = lock.lock().await;
+        if let Some(condition) = &req.input.if_match {
+            // s3s-fs keeps an object's recorded ETag after deleting it: the
+            // object's own file tells whether it exists.
+            let path = self.root.join(&req.input.bucket).join(&req.input.key);
+            let exists = tokio::fs::try_exists(&path).await.unwrap_or(false);
+            let current = match exists {
+                true => self.stored_etag(&req.input.bucket, &req.input.key).await,
+                false => None,
+            };
+            match current {
+                None => return Err(s3_error!(NoSuchKey)),
+                Some(current) => {
+                    let matches = match condition.as_etag() {
+                        Some(expected) => current.strong_cmp(expected),
+                        None => true, // `If-Match: *`: any existing object
+                    };
+                    if !matches {
+                        return Err(s3_error!(PreconditionFailed, "ETag does not match"));
+                    }
+                }
+            }
+        }
         self.inner.delete_object(req).await
     }
 
@@ -202,7 +232,45 @@ impl S3 for Serialized {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.fault()?;
-        self.inner.create_multipart_upload(req).await
+        let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let resp = self.inner.create_multipart_upload(req).await?;
+        if let Some(id) = &resp.output.upload_id {
+            self.uploads
+                .lock()
+                .expect("uploads lock")
+                .insert(id.clone(), (bucket, key, std::time::SystemTime::now()));
+        }
+        Ok(resp)
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.fault()?;
+        let input = req.input;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let mut uploads: Vec<MultipartUpload> = self
+            .uploads
+            .lock()
+            .expect("uploads lock")
+            .iter()
+            .filter(|(_, (bucket, key, _))| *bucket == input.bucket && key.starts_with(&prefix))
+            .map(|(id, (_, key, started))| MultipartUpload {
+                key: Some(key.clone()),
+                upload_id: Some(id.clone()),
+                initiated: Some(Timestamp::from(*started)),
+                ..Default::default()
+            })
+            .collect();
+        uploads.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
     }
 
     async fn upload_part(
@@ -221,7 +289,10 @@ impl S3 for Serialized {
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         let lock = self.lock_for(&req.input.bucket, &req.input.key);
         let _guard = lock.lock().await;
-        self.inner.complete_multipart_upload(req).await
+        let id = req.input.upload_id.clone();
+        let resp = self.inner.complete_multipart_upload(req).await?;
+        self.uploads.lock().expect("uploads lock").remove(&id);
+        Ok(resp)
     }
 
     async fn abort_multipart_upload(
@@ -229,7 +300,15 @@ impl S3 for Serialized {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         self.fault()?;
-        self.inner.abort_multipart_upload(req).await
+        let id = req.input.upload_id.clone();
+        // AWS S3 answers 404 NoSuchUpload for an upload already completed
+        // or aborted; s3s-fs answers 403.
+        if !self.uploads.lock().expect("uploads lock").contains_key(&id) {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let resp = self.inner.abort_multipart_upload(req).await?;
+        self.uploads.lock().expect("uploads lock").remove(&id);
+        Ok(resp)
     }
 
     async fn copy_object(
@@ -273,6 +352,7 @@ impl S3Server {
                 inner: fs,
                 root: root.path().to_path_buf(),
                 locks: Mutex::new(HashMap::new()),
+                uploads: Mutex::new(HashMap::new()),
                 stats: stats.clone(),
             });
             b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));

@@ -25,9 +25,12 @@ struct Cli {
 enum Command {
     /// Serve the API (the default).
     Serve,
-    /// Remove zips no plugin points at and stale function-name claims; prints a JSON report.
+    /// Remove zips no plugin points at, stale function-name claims, unfinished
+    /// uploads (partial local objects, incomplete S3 multipart uploads) and
+    /// download spool files in KUIPER_TMP_DIR; prints a JSON report.
     Gc {
-        /// Spare anything younger than this (must exceed the longest request).
+        /// Spare anything younger than this (must exceed the longest request;
+        /// files a live process on this machine holds are spared whatever their age).
         #[arg(long, default_value_t = 3600)]
         min_age_secs: u64,
         /// Report what would be removed, remove nothing.

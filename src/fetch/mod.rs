@@ -18,6 +18,12 @@ use crate::store::UploadChunk;
 
 use self::policy::{AddressPolicy, Refused};
 
+/// The name prefix of download spool files in the temporary folder, by which
+/// `gc` and a starting service recognise the ones dead processes left. A
+/// spool file is locked (`flock`) while its download is in use, so they also
+/// know it is not abandoned.
+pub const SPOOL_PREFIX: &str = "kuiper-spool-";
+
 /// A download's body arrives in chunks of a few KiB. They are gathered into
 /// blocks of this size, each written once to the spool file and passed on
 /// once to the upload: per-chunk file writes and channel sends cost more
@@ -339,10 +345,13 @@ impl Fetcher {
         tee: Tee<'_>,
     ) -> Result<Download, FetchError> {
         let tmp = tempfile::Builder::new()
-            .prefix("download-")
+            .prefix(SPOOL_PREFIX)
             .suffix(".zip")
             .tempfile_in(tmp_dir)
             .map_err(|e| FetchError::Local(e.to_string()))?;
+        // Held while the file is open: `gc` and a starting service leave a
+        // spool file alone while its lock is held (see `SPOOL_PREFIX`).
+        let _ = tmp.as_file().try_lock();
         match url.scheme() {
             "file" => {
                 let download = self.copy_upload(url, tmp).await?;

@@ -19,6 +19,11 @@
 //!   write fails if anyone created it in between.
 //! - A lease older than [`LEASE_TTL`] belongs to a request that died; it
 //!   stops counting, and the next list's rebuild removes it.
+//! - A create's lease ([`lease_create`]) is refused when the index holds a
+//!   name that differs only in case and whose metadata exists, or a live
+//!   lease of such a name: every change of a type's index is one
+//!   compare-and-swap, so of two racing creates of `random` and `Random` the
+//!   second to lease sees the first.
 //!
 //! The index object is `{"leases":{token:{name,since}},"names":[...]}`
 //! with `names` sorted, so a list can answer with the `names` bytes as they are.
@@ -185,6 +190,100 @@ pub async fn lease<S: Store>(store: &S, ty: PluginType, name: &str) -> Result<St
     })
     .await?;
     Ok(token)
+}
+
+/// The outcome of [`lease_create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateLease {
+    /// The lease's token, for [`settle`].
+    Leased(String),
+    /// A plugin whose name differs from the one asked for only in case
+    /// exists, or is being created or deleted: no lease was taken.
+    CaseOf(String),
+}
+
+/// Takes a lease for the create of `name`, unless a plugin of the type whose
+/// name differs only in case exists or has a live lease (see the module
+/// documentation).
+pub async fn lease_create<S: Store>(
+    store: &S,
+    ty: PluginType,
+    name: &str,
+) -> Result<CreateLease, StoreError> {
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let clash = std::sync::Mutex::new(None::<String>);
+    update(store, ty, |index| {
+        let token = token.clone();
+        let clash = &clash;
+        async move {
+            let mut index = match index {
+                Some(index) => index,
+                None => Index {
+                    leases: BTreeMap::new(),
+                    names: listed_names(store, ty).await?,
+                },
+            };
+            let now = now_secs();
+            let other_case = |n: &str| n != name && n.eq_ignore_ascii_case(name);
+            let in_flight = index
+                .leases
+                .values()
+                .find(|l| live(l, now) && other_case(&l.name))
+                .map(|l| l.name.clone());
+            let mut found = in_flight;
+            if found.is_none() {
+                for n in index.names.iter().filter(|n| other_case(n)) {
+                    // The index may lag behind for a name whose request died
+                    // between its steps: the metadata decides.
+                    if store.exists(&keys::plugin(ty, n)).await? {
+                        found = Some(n.clone());
+                        break;
+                    }
+                }
+            }
+            *clash.lock().expect("clash lock") = found.clone();
+            if found.is_some() {
+                return Ok(None);
+            }
+            index.leases.insert(
+                token,
+                Lease {
+                    name: name.to_string(),
+                    since: now,
+                },
+            );
+            Ok(Some(index))
+        }
+    })
+    .await?;
+    Ok(match clash.into_inner().expect("clash lock") {
+        Some(existing) => CreateLease::CaseOf(existing),
+        None => CreateLease::Leased(token),
+    })
+}
+
+/// A plugin of the type whose name differs from `name` only in case, as far
+/// as the index tells in one read (a cheap check before a create downloads
+/// anything; [`lease_create`] decides). A missing or unreadable index tells
+/// nothing.
+pub async fn case_variant<S: Store>(
+    store: &S,
+    ty: PluginType,
+    name: &str,
+) -> Result<Option<String>, StoreError> {
+    let (Some(index), _) = load(store, ty).await? else {
+        return Ok(None);
+    };
+    for n in index
+        .names
+        .iter()
+        .filter(|n| *n != name && n.eq_ignore_ascii_case(name))
+    {
+        if store.exists(&keys::plugin(ty, n)).await? {
+            return Ok(Some(n.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// Ends a lease: removes it and sets `name`'s membership from whether its

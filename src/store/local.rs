@@ -15,7 +15,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{
-    check_small, Condition, ETag, Listed, Object, Store, StoreError, UploadChunk,
+    check_small, Condition, ETag, Listed, Object, Store, StoreError, Unfinished, UploadChunk,
     MAX_SMALL_OBJECT_BYTES,
 };
 
@@ -70,11 +70,15 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
+    /// A new temporary file under `{root}/.tmp/`, locked (`flock`) while it
+    /// is open, so that clean-ups can tell it is in use.
     fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        tempfile::Builder::new()
+        let file = tempfile::Builder::new()
             .prefix("obj-")
             .tempfile_in(self.root.join(TMP_DIR))
-            .map_err(io_err)
+            .map_err(io_err)?;
+        let _ = file.as_file().try_lock();
+        Ok(file)
     }
 
     /// Runs `f` while holding the store's write lock (in-process and across processes).
@@ -98,6 +102,53 @@ impl LocalStore {
         })
         .await
     }
+}
+
+/// Seconds since the Unix epoch of a file's last modification (0 if unknown).
+fn modified_secs(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether an open file description holds the lock of the file at `path`:
+/// a writer that is alive (locks go with the process that held them).
+pub(crate) fn locked_by_another(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(file) => matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// The files in the temporary folder `tmp` (partial objects of writes in
+/// progress, or of writers that died), with their last modification.
+fn temp_files(tmp: &Path) -> Result<Vec<Unfinished>, StoreError> {
+    let entries = match fs::read_dir(tmp) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err)?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else {
+            continue; // removed meanwhile
+        };
+        if meta.is_file() {
+            out.push(Unfinished {
+                name: format!("{TMP_DIR}/{name}"),
+                since: modified_secs(&meta),
+                in_use: locked_by_another(&entry.path()),
+                handle: (name, String::new()),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 fn io_err(e: io::Error) -> StoreError {
@@ -282,6 +333,70 @@ impl Store for LocalStore {
         .await
     }
 
+    async fn delete_if(&self, key: &str, etag: &ETag) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let (key, etag) = (key.to_string(), etag.clone());
+        self.locked(move || match read_current(&path, &key)? {
+            Some(current) if etag_of(&current) == etag => match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(StoreError::PreconditionFailed)
+                }
+                Err(e) => Err(io_err(e)),
+            },
+            _ => Err(StoreError::PreconditionFailed),
+        })
+        .await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
+        let tmp = self.root.join(TMP_DIR);
+        blocking(move || temp_files(&tmp)).await
+    }
+
+    async fn abort_unfinished(&self, upload: &Unfinished) -> Result<(), StoreError> {
+        let name = &upload.handle.0;
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(StoreError::Other(format!(
+                "invalid temporary file {:?}",
+                upload.name
+            )));
+        }
+        let path = self.root.join(TMP_DIR).join(name);
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(e)),
+        })
+        .await
+    }
+
+    fn remove_stale_temp_files(&self, older_than: std::time::Duration) -> Vec<String> {
+        let tmp = self.root.join(TMP_DIR);
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(older_than)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let files = match temp_files(&tmp) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(dir = %tmp.display(), error = %e, "cannot list the store's temporary files");
+                return Vec::new();
+            }
+        };
+        let mut removed = Vec::new();
+        for file in files.into_iter().filter(|f| f.since < cutoff && !f.in_use) {
+            match fs::remove_file(tmp.join(&file.handle.0)) {
+                Ok(()) => removed.push(file.name),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %file.name, error = %e, "cannot remove a stale temporary file")
+                }
+            }
+        }
+        removed
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let (root, prefix) = (self.root.clone(), prefix.to_string());
         blocking(move || walk(&root, &prefix, true)).await
@@ -332,12 +447,7 @@ fn walk(root: &Path, prefix: &str, with_meta: bool) -> Result<Vec<Listed>, Store
             } else if kind.is_file() && rel.starts_with(prefix) {
                 let (size, modified) = if with_meta {
                     let meta = entry.metadata().map_err(io_err)?;
-                    let modified = meta
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs());
-                    (meta.len(), modified)
+                    (meta.len(), modified_secs(&meta))
                 } else {
                     (0, 0)
                 };

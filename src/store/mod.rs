@@ -54,6 +54,23 @@ pub enum UploadChunk {
     End,
 }
 
+/// An upload that was started and never completed nor aborted, left by a
+/// process that died part-way: a partial object in the local store's
+/// temporary folder, an incomplete multipart upload on S3. Listings of keys
+/// never show one; [`Store::unfinished`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// What it is, for reports: `.tmp/obj-...` (local), `{key} (upload {id})` (S3).
+    pub name: String,
+    /// When it was last written (local) or started (S3), seconds since the Unix epoch.
+    pub since: u64,
+    /// Known to be in progress in a live process on this machine (a local
+    /// temporary file whose lock is held); `gc` leaves such an upload alone.
+    pub in_use: bool,
+    /// The backend's handle: the temporary file's name, or key and upload id.
+    pub(crate) handle: (String, String),
+}
+
 /// The precondition of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
@@ -155,6 +172,34 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a key; deleting an absent key succeeds.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Deletes a key only if it exists with entity tag `etag`, atomically:
+    /// fails with [`StoreError::PreconditionFailed`] when it is absent or has
+    /// another tag (then nothing is deleted). Of concurrent conditional
+    /// deletes of one version, exactly one succeeds.
+    fn delete_if(
+        &self,
+        key: &str,
+        etag: &ETag,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Uploads started and never completed nor aborted (see [`Unfinished`]).
+    fn unfinished(&self) -> impl Future<Output = Result<Vec<Unfinished>, StoreError>> + Send;
+
+    /// Aborts an unfinished upload, removing what it stored; one already
+    /// gone is not an error.
+    fn abort_unfinished(
+        &self,
+        upload: &Unfinished,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the backend's own temporary files on this machine that were
+    /// last written more than `older_than` ago and are not in use (a service calls it as it
+    /// starts), returning their names. Backends without any (S3) do nothing.
+    fn remove_stale_temp_files(&self, older_than: std::time::Duration) -> Vec<String> {
+        let _ = older_than;
+        Vec::new()
+    }
+
     /// Every key under `prefix` (which ends in `/`), in lexicographic order.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
@@ -237,9 +282,11 @@ pub mod keys {
     /// Prefix of the function-name claims: `udfs/`.
     pub const UDFS_PREFIX: &str = "udfs/";
 
-    /// The claim that makes a function name unique: `udfs/{function}.json`.
+    /// The claim that makes a function name unique without regard to case:
+    /// `udfs/{function in lower case}.json` (names are ASCII). Stores written
+    /// by earlier versions may also hold claims under the name as spelt.
     pub fn udf(function: &str) -> String {
-        format!("{UDFS_PREFIX}{function}.json")
+        format!("{UDFS_PREFIX}{}.json", function.to_ascii_lowercase())
     }
 
     /// Prefix where earlier versions staged zips while checking them

@@ -13,6 +13,8 @@ both_stores!(
     unknown_type_is_404,
     create_stores_each_zip_under_its_own_key,
     create_records_what_deflated_and_streamed_zips_hold,
+    names_differing_only_in_case_are_refused,
+    pairs_differing_in_case_from_earlier_versions_are_still_served,
 );
 
 async fn create_lists_and_describes(env: TestEnv) {
@@ -230,4 +232,84 @@ async fn create_records_what_deflated_and_streamed_zips_hold(env: TestEnv) {
         assert_eq!(v["files"], expected, "{path}");
         assert_eq!(env.delete("/plugins/sinks/big").await.status, 200);
     }
+}
+
+/// `random2` and `Random2` would both need `Random2.so` on every node.
+async fn names_differing_only_in_case_are_refused(env: TestEnv) {
+    env.create_ok("sources", "random2").await;
+    let url = env.serve_plugin("sources", "Random2").await;
+    let hits_before = env.files.hits("/sources/Random2.zip").await;
+    let r = env
+        .post("/plugins/sources", json!({"name": "Random2", "file": url}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.error_message(),
+        "sources plugins create command error: invalid name Random2: duplicate of random2"
+    );
+    assert_eq!(
+        env.files.hits("/sources/Random2.zip").await,
+        hits_before,
+        "refused before anything is downloaded"
+    );
+    assert_eq!(env.list("sources").await, vec!["random2"]);
+    // Another type keeps its libraries elsewhere.
+    env.create_ok("sinks", "Random2").await;
+    // Once the other one is gone, the name is free.
+    assert_eq!(env.delete("/plugins/sources/random2").await.status, 200);
+    let r = env
+        .post("/plugins/sources", json!({"name": "Random2", "file": url}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(env.list("sources").await, vec!["Random2"]);
+}
+
+/// A store written before names were compared without case may hold both
+/// `random2` and `Random2`: both are listed, described and deleted as before,
+/// and neither can be created again while the other exists.
+async fn pairs_differing_in_case_from_earlier_versions_are_still_served(env: TestEnv) {
+    use crate::persistence::{delete_object, get_object, put_object};
+    env.create_ok("sources", "random2").await;
+    let mut meta: serde_json::Value = serde_json::from_slice(
+        &get_object(&env, "plugins/sources/random2.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    meta["name"] = json!("Random2");
+    meta["id"] = json!("0123456789abcdef0123456789abcdef");
+    put_object(
+        &env,
+        "plugins/sources/Random2.json",
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .await;
+    // As an earlier version left it: an index that names both.
+    delete_object(&env, "index/sources.json").await;
+    assert_eq!(env.list("sources").await, vec!["Random2", "random2"]);
+    assert_eq!(
+        env.get("/plugins/sources/Random2").await.json()["name"],
+        "Random2"
+    );
+    assert_eq!(
+        env.get("/plugins/sources/random2").await.json()["name"],
+        "random2"
+    );
+    let r = env
+        .post(
+            "/plugins/sources",
+            json!({"name": "random2", "file": env.files.url("/sources/random2.zip")}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message()
+            .ends_with("invalid name random2: duplicate"),
+        "{}",
+        r.body
+    );
+    assert_eq!(env.delete("/plugins/sources/Random2").await.status, 200);
+    assert_eq!(env.list("sources").await, vec!["random2"]);
+    assert_eq!(env.delete("/plugins/sources/random2").await.status, 200);
+    assert!(env.list("sources").await.is_empty());
 }

@@ -9,7 +9,8 @@ both_stores!(
     delete_removes_at_once,
     delete_unknown_is_404,
     rules_alias_deletes,
-    recreate_after_delete
+    recreate_after_delete,
+    delete_racing_an_update_still_deletes
 );
 
 async fn delete_removes_at_once(env: TestEnv) {
@@ -77,6 +78,34 @@ async fn recreate_after_delete(env: TestEnv) {
         env.get("/plugins/udfs/echo2").await.json(),
         json!({"name": "echo2", "plugin": "echo2"})
     );
+}
+
+/// A delete is conditional on the version it read; one changed by an update
+/// of the same plugin meanwhile is read again and deleted, so the delete
+/// neither fails nor leaves the plugin behind.
+async fn delete_racing_an_update_still_deletes(env: TestEnv) {
+    let url = env.serve_plugin("sinks", "busy").await;
+    for round in 0..10 {
+        env.create_ok("sinks", "busy").await;
+        let update = env
+            .http
+            .put(format!("{}/plugins/sinks/busy", env.base))
+            .header("content-type", "application/json")
+            .body(json!({"file": url}).to_string());
+        let delete = env.http.delete(format!("{}/plugins/sinks/busy", env.base));
+        let stagger = std::time::Duration::from_micros(400 * (round % 6));
+        let (updated, deleted) = tokio::join!(update.send(), async move {
+            tokio::time::sleep(stagger).await;
+            delete.send().await
+        });
+        let updated = updated.unwrap().status().as_u16();
+        assert!(matches!(updated, 200 | 404 | 409), "update: {updated}");
+        let deleted = deleted.unwrap();
+        let status = deleted.status().as_u16();
+        assert_eq!(status, 200, "delete: {}", deleted.text().await.unwrap());
+        assert_eq!(env.get("/plugins/sinks/busy").await.status, 404);
+    }
+    assert!(env.list("sinks").await.is_empty());
 }
 
 pub fn urlencode(s: &str) -> String {

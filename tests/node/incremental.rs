@@ -169,6 +169,25 @@ impl Store for CountingStore {
         self.inner.delete(key).await
     }
 
+    async fn delete_if(
+        &self,
+        key: &str,
+        etag: &kuiper_registry::store::ETag,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_if(key, etag).await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<kuiper_registry::store::Unfinished>, StoreError> {
+        self.inner.unfinished().await
+    }
+
+    async fn abort_unfinished(
+        &self,
+        upload: &kuiper_registry::store::Unfinished,
+    ) -> Result<(), StoreError> {
+        self.inner.abort_unfinished(upload).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         self.lists.fetch_add(1, Ordering::SeqCst);
         self.inner.list(prefix).await
