@@ -5,6 +5,8 @@
 #   plugins/v1/{sources/Ticker.so,sinks/Linefile.so,functions/Shout.so}
 #   plugins/v2/sources/Ticker.so      the same source built with -tags rigv2 (reports version 2.0.0)
 #   plugins/v1/etc/sources/ticker.yaml
+#   plugins/notrim/sinks/Linefile.so  the sink built WITHOUT -trimpath: a library kuiperd
+#                                     refuses ("different version of package"), for fault tests
 #   base/                             an empty eKuiper base directory as its release package
 #                                     lays it out (etc/ from the eKuiper module, data/,
 #                                     plugins/{sources,sinks,functions,portable,wasm}, log/);
@@ -95,6 +97,11 @@ step plugins "$out/plugins/v1/functions/Shout.so" "${mods[@]}" build.sh $(find p
 		build_plugin functions v1 shout Shout &&
 		mkdir -p '$out/plugins/v1/etc/sources' &&
 		cp plugins/sources/ticker/ticker.yaml '$out/plugins/v1/etc/sources/ticker.yaml'"
+
+# The same sink without -trimpath: plugin.Open fails on it (its packages hash
+# differently from kuiperd's). This compiles the standard library a second time.
+step notrim "$out/plugins/notrim/sinks/Linefile.so" "${mods[@]}" build.sh plugins/sinks/linefile/linefile.go -- \
+	sh -c "mkdir -p '$out/plugins/notrim/sinks' && $GO build -buildmode=plugin -o '$out/plugins/notrim/sinks/Linefile.so' ./plugins/sinks/linefile"
 
 # MinIO is a separate module with its own go.mod, installed as its docs say.
 # GOFLAGS=-mod=mod would not apply; go install pkg@version ignores our module.

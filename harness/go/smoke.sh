@@ -29,7 +29,7 @@ wait_http() {
 	return 1
 }
 
-say "MinIO: $("$rig/bin/minio" --version | head -1)"
+say "MinIO: $(go version -m "$rig/bin/minio" | awk '$1 == "mod" {print $2, $3}') ($("$rig/bin/minio" --version | head -1))"
 export MINIO_ROOT_USER=rigadmin MINIO_ROOT_PASSWORD=rigadmin-secret
 mkdir -p "$work/minio"
 "$rig/bin/minio" server "$work/minio" --quiet \
@@ -61,11 +61,21 @@ export KuiperBaseKey=$work/kuiper KUIPER__BASIC__IP=127.0.0.1 KUIPER__BASIC__POR
 	KUIPER__BASIC__RESTIP=127.0.0.1 KUIPER__BASIC__RESTPORT=$KUIPER_REST_PORT \
 	KUIPER__BASIC__PPROF=false KUIPER__BASIC__CONSOLELOG=true KUIPER__BASIC__FILELOG=false
 kuiper=http://127.0.0.1:$KUIPER_REST_PORT
-t0=$(date +%s.%N)
-(cd "$work/kuiper" && exec "$rig/bin/kuiperd") >"$work/kuiperd.log" 2>&1 &
-pids+=($!)
-wait_http "$kuiper/ping"
-echo "kuiperd answers after $(echo "$(date +%s.%N) - $t0" | bc) s"
+kpid=
+start_kuiperd() {
+	local t0
+	t0=$(date +%s.%N)
+	(cd "$work/kuiper" && exec "$rig/bin/kuiperd") >>"$work/kuiperd.log" 2>&1 &
+	kpid=$!
+	pids+=($kpid)
+	wait_http "$kuiper/ping"
+	echo "kuiperd (pid $kpid) answers after $(echo "$(date +%s.%N) - $t0" | bc) s"
+}
+stop_kuiperd() {
+	kill "$kpid"
+	wait "$kpid" || true
+}
+start_kuiperd
 get() { printf 'GET %-28s -> %s\n' "$1" "$(curl -s "$kuiper$1")"; }
 call() { # METHOD PATH BODY
 	printf '%s %s %s\n   -> %s\n' "$1" "$2" "$3" "$(curl -s -X "$1" "$kuiper$2" -H 'Content-Type: application/json' -d "$3" -w ' [%{http_code}]')"
@@ -82,9 +92,73 @@ out=$work/out.jsonl
 call POST /streams '{"sql":"CREATE STREAM tick () WITH (TYPE=\"ticker\", FORMAT=\"json\")"}'
 call POST /rules "{\"id\":\"r1\",\"sql\":\"SELECT n, shout(message) AS loud, whisper(\\\"QUIET\\\") AS soft, version FROM tick\",\"actions\":[{\"linefile\":{\"path\":\"$out\"}}]}"
 for _ in $(seq 50); do [ -s "$out" ] && [ "$(wc -l <"$out")" -ge 3 ] && break; sleep 0.1; done
-get /rules/r1/status | cut -c1-300
+get /rules/r1/status | grep -E 'status|records_out_total' 
 echo "sink file ($out):"
 head -3 "$out" || true
 
-say "kuiperd log lines about plugins"
-grep -i 'plugin\|symbol' "$work/kuiperd.log" | cut -c1-300 | head -20 || true
+# rows VERSION: waits for a sink line carrying VERSION and prints the newest two.
+rows() {
+	for _ in $(seq 50); do grep -q "\"version\":\"$1\"" "$out" && break; sleep 0.1; done
+	grep "\"version\":\"$1\"" "$out" | tail -2 || echo "no record with version $1"
+}
+
+say "restart with the same files: is the registered function list kept?"
+stop_kuiperd
+start_kuiperd
+for p in /plugins/functions/shout /plugins/udfs /rules; do get "$p"; done
+
+say "update: Ticker.so replaced by Ticker@v2.0.0.so (the rigv2 build), restart"
+stop_kuiperd
+rm "$work/kuiper/plugins/sources/Ticker.so"
+cp "$rig/plugins/v2/sources/Ticker.so" "$work/kuiper/plugins/sources/Ticker@v2.0.0.so"
+start_kuiperd
+get /plugins/sources/ticker
+rows 2.0.0
+
+say "two libraries of one name: Ticker@v1.0.0.so (v1 build) beside Ticker@v2.0.0.so, restart"
+stop_kuiperd
+cp "$rig/plugins/v1/sources/Ticker.so" "$work/kuiper/plugins/sources/Ticker@v1.0.0.so"
+ls "$work/kuiper/plugins/sources"
+: >"$out"
+start_kuiperd
+get /plugins/sources/ticker
+for _ in $(seq 50); do [ -s "$out" ] && break; sleep 0.1; done
+echo "records now: $(tail -1 "$out")"
+rm "$work/kuiper/plugins/sources/Ticker@v1.0.0.so"
+
+say "a library that cannot be opened (plugins/sinks/Broken.so, not an ELF file), restart"
+stop_kuiperd
+echo 'not a library' >"$work/kuiper/plugins/sinks/Broken.so"
+start_kuiperd
+get /plugins/sinks
+get /plugins/sinks/broken
+grep -i 'broken' "$work/kuiperd.log" | cut -c1-300 | tail -3 || true
+
+say "a Go plugin built from the same package under another name (Linefile2.so, a copy), restart"
+stop_kuiperd
+cp "$rig/plugins/v1/sinks/Linefile.so" "$work/kuiper/plugins/sinks/Linefile2.so"
+start_kuiperd
+get /plugins/sinks
+grep -i 'linefile2 open error' "$work/kuiperd.log" | cut -c1-400 | tail -1 || true
+rm "$work/kuiper/plugins/sinks/Linefile2.so"
+
+say "the sink built without -trimpath in place of Linefile.so, restart"
+if [ -f "$rig/plugins/notrim/sinks/Linefile.so" ]; then
+	stop_kuiperd
+	cp "$rig/plugins/notrim/sinks/Linefile.so" "$work/kuiper/plugins/sinks/Linefile.so"
+	start_kuiperd
+	get /plugins/sinks
+	get /rules/r1/status | grep -E '"status"|"message"'
+	grep -i 'linefile open error' "$work/kuiperd.log" | cut -c1-400 | tail -1 || true
+	stop_kuiperd
+	cp "$rig/plugins/v1/sinks/Linefile.so" "$work/kuiper/plugins/sinks/Linefile.so"
+	start_kuiperd
+fi
+
+say "delete through eKuiper's REST: DELETE /plugins/sinks/linefile"
+call DELETE /plugins/sinks/linefile ''
+get /plugins/sinks
+ls "$work/kuiper/plugins/sinks"
+
+say "kuiperd log: errors and warnings"
+grep -E 'level=(error|warning)' "$work/kuiperd.log" | grep -v 'schema directory' | cut -c1-300 | sort -k3 | uniq -f2 | head -20 || true
