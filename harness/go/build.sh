@@ -67,9 +67,9 @@ mods=(go.mod go.sum)
 
 t0=$SECONDS
 step modules "$out/stamps/modules.ok" "${mods[@]}" -- \
-	sh -c "$GO mod download -x 2>/dev/null && $GO list -deps github.com/lf-edge/ekuiper/v2/cmd/kuiperd ./plugins/... >/dev/null && touch '$out/stamps/modules.ok'"
+	sh -c "$GO mod download && $GO list -deps github.com/lf-edge/ekuiper/v2/cmd/kuiperd ./plugins/... >/dev/null && touch '$out/stamps/modules.ok'"
 
-step kuiperd "$out/bin/kuiperd" "${mods[@]}" -- \
+step kuiperd "$out/bin/kuiperd" "${mods[@]}" build.sh -- \
 	$GO build -trimpath -ldflags "$kuiperd_ldflags" -o "$out/bin/kuiperd" github.com/lf-edge/ekuiper/v2/cmd/kuiperd
 
 # The release package's directories (Makefile target build_prepare), with the
