@@ -11,10 +11,9 @@ use std::os::raw::c_char;
 use std::path::Path;
 
 use libloading::Library;
-use object::read::elf::{FileHeader, ProgramHeader};
 use serde::Serialize;
 
-use crate::package::{uc_first, PluginType};
+use crate::package::{self, uc_first, PluginType};
 
 /// The ABI version this loader implements.
 pub const ABI_VERSION: u32 = 1;
@@ -101,57 +100,18 @@ unsafe fn c_string(p: *const c_char) -> Option<Result<String, String>> {
     )
 }
 
-/// Checks that the ELF file at `path` is whole: its program headers, the
-/// segments they map and its section headers lie within the file. glibc's
-/// `dlopen` maps a truncated library's segments past the end of the file and
-/// the process dies with SIGBUS when they are touched, so this runs first.
-/// Reads the headers only, not the segments: a library of hundreds of MiB
-/// costs no more memory than a small one.
+/// Checks that the ELF file at `path` can be loaded, with the check the
+/// registry runs at publish ([`package::check_library_file`]): a shared
+/// object, not a PIE, whose program headers, segments and section headers
+/// lie within the file. glibc's `dlopen` maps a truncated library's
+/// segments past the end of the file and the process dies with SIGBUS when
+/// they are touched, so this runs first. Reads the headers only, not the
+/// segments: a library of hundreds of MiB costs no more memory than a small
+/// one.
 pub fn check_complete_elf(path: &Path) -> Result<(), String> {
-    let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(cannot_read)?;
-    let len = file.metadata().map_err(cannot_read)?.len();
-    let data = object::ReadCache::new(file);
-    let result = match object::FileKind::parse(&data) {
-        Ok(object::FileKind::Elf64) => {
-            check_elf::<object::elf::FileHeader64<object::Endianness>, _>(&data, len)
-        }
-        Ok(object::FileKind::Elf32) => {
-            check_elf::<object::elf::FileHeader32<object::Endianness>, _>(&data, len)
-        }
-        _ => Err("it is not an ELF file".to_string()),
-    };
-    result.map_err(|e| format!("cannot load {}: {e}; not loaded", path.display()))
-}
-
-/// [`check_complete_elf`] for one ELF class, over the file's bytes `data`
-/// (read as needed) and its length `len`.
-fn check_elf<'data, H, R>(data: R, len: u64) -> Result<(), String>
-where
-    H: FileHeader<Endian = object::Endianness>,
-    R: object::ReadRef<'data>,
-{
-    let header = H::parse(data).map_err(|e| format!("bad ELF header: {e}"))?;
-    let endian = header
-        .endian()
-        .map_err(|e| format!("bad ELF header: {e}"))?;
-    let phdrs = header
-        .program_headers(endian, data)
-        .map_err(|e| format!("the file is truncated or corrupt (program headers: {e})"))?;
-    for p in phdrs {
-        let (offset, size) = p.file_range(endian);
-        // A segment with no bytes in the file (e.g. only .bss) needs none.
-        if size != 0 && offset.checked_add(size).is_none_or(|end| end > len) {
-            return Err(format!(
-                "the file is truncated: a segment spans bytes {offset}..{} but the file has {len} bytes",
-                offset.saturating_add(size),
-            ));
-        }
-    }
-    header
-        .section_headers(endian, data)
-        .map_err(|e| format!("the file is truncated or corrupt (section headers: {e})"))?;
-    Ok(())
+    package::check_library_file(path)
+        .map(drop)
+        .map_err(|e| format!("cannot load {}: {e}; not loaded", path.display()))
 }
 
 /// Loads the library at `path`, installed as plugin `name` of type `ty`, and
