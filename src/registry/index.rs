@@ -165,6 +165,23 @@ where
     )))
 }
 
+/// `index`, or a new one of the names listed when there is none. Listed after
+/// finding no index, the write that follows is create-only (or a
+/// compare-and-swap over an unreadable one), so it holds.
+async fn or_listed<S: Store>(
+    store: &S,
+    ty: PluginType,
+    index: Option<Index>,
+) -> Result<Index, StoreError> {
+    Ok(match index {
+        Some(index) => index,
+        None => Index {
+            leases: BTreeMap::new(),
+            names: listed_names(store, ty).await?,
+        },
+    })
+}
+
 /// Takes a lease for a change of `name`'s metadata; returns its token.
 pub async fn lease<S: Store>(store: &S, ty: PluginType, name: &str) -> Result<String, StoreError> {
     let token = uuid::Uuid::new_v4().simple().to_string();
@@ -175,15 +192,7 @@ pub async fn lease<S: Store>(store: &S, ty: PluginType, name: &str) -> Result<St
         };
         let token = token.clone();
         async move {
-            let mut index = match index {
-                Some(index) => index,
-                // Listed after finding no index: the write is create-only (or
-                // compare-and-swap over an unreadable one), so it holds.
-                None => Index {
-                    leases: BTreeMap::new(),
-                    names: listed_names(store, ty).await?,
-                },
-            };
+            let mut index = or_listed(store, ty, index).await?;
             index.leases.insert(token, lease);
             Ok(Some(index))
         }
@@ -216,13 +225,7 @@ pub async fn lease_create<S: Store>(
         let token = token.clone();
         let clash = &clash;
         async move {
-            let mut index = match index {
-                Some(index) => index,
-                None => Index {
-                    leases: BTreeMap::new(),
-                    names: listed_names(store, ty).await?,
-                },
-            };
+            let mut index = or_listed(store, ty, index).await?;
             let now = now_secs();
             let other_case = |n: &str| n != name && n.eq_ignore_ascii_case(name);
             let in_flight = index

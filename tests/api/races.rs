@@ -135,26 +135,38 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// Sends one create of type `ty` per body, all at once (the files are served
+/// before, so that no pre-check can see another's result), and returns the
+/// tasks in the bodies' order.
+fn create_together(
+    env: &TestEnv,
+    ty: &str,
+    bodies: Vec<serde_json::Value>,
+) -> Vec<tokio::task::JoinHandle<(u16, String)>> {
+    bodies
+        .into_iter()
+        .map(|body| {
+            let req = env
+                .http
+                .post(format!("{}/plugins/{ty}", env.base))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            tokio::spawn(send(req))
+        })
+        .collect()
+}
+
 /// `random` and `Random` would need the same library file on every node:
 /// of two racing creates, exactly one wins, the other names it.
 async fn creates_differing_in_case_one_winner(env: TestEnv) {
     for round in 0..5 {
         let (lower, upper) = (format!("case{round}"), format!("Case{round}"));
-        let mut requests = Vec::new();
+        let mut bodies = Vec::new();
         for name in [&lower, &upper] {
             let url = env.serve_plugin("sources", name).await;
-            let body = json!({"name": name, "file": url}).to_string();
-            requests.push(
-                env.http
-                    .post(format!("{}/plugins/sources", env.base))
-                    .header("content-type", "application/json")
-                    .body(body),
-            );
+            bodies.push(json!({"name": name, "file": url}));
         }
-        let tasks: Vec<_> = requests
-            .into_iter()
-            .map(|r| tokio::spawn(send(r)))
-            .collect();
+        let tasks = create_together(&env, "sources", bodies);
         let mut created = Vec::new();
         for (t, (name, other)) in tasks.into_iter().zip([(&lower, &upper), (&upper, &lower)]) {
             let (status, body) = t.await.unwrap();
@@ -188,21 +200,12 @@ async fn function_names_differing_in_case_one_winner(env: TestEnv) {
     for round in 0..5 {
         let names = [format!("fa{round}"), format!("fb{round}")];
         let functions = [format!("fn{round}"), format!("FN{round}")];
-        let mut requests = Vec::new();
+        let mut bodies = Vec::new();
         for (name, function) in names.iter().zip(&functions) {
             let url = env.serve_plugin("functions", name).await;
-            let body = json!({"name": name, "file": url, "functions": [function]}).to_string();
-            requests.push(
-                env.http
-                    .post(format!("{}/plugins/functions", env.base))
-                    .header("content-type", "application/json")
-                    .body(body),
-            );
+            bodies.push(json!({"name": name, "file": url, "functions": [function]}));
         }
-        let tasks: Vec<_> = requests
-            .into_iter()
-            .map(|r| tokio::spawn(send(r)))
-            .collect();
+        let tasks = create_together(&env, "functions", bodies);
         let mut created = 0;
         for t in tasks {
             let (status, body) = t.await.unwrap();
