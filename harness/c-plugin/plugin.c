@@ -9,10 +9,16 @@
  *   PLUGIN_VERSION  descriptor version          (default "1.0.0")
  *   PLUGIN_ABI      descriptor abi_version      (default KUIPER_PLUGIN_ABI_VERSION)
  *   PLUGIN_DEFECT   0 none (default), 1 an initialiser that calls abort(),
- *                   2 a descriptor whose name is a wild pointer
+ *                   2 a descriptor whose name is a wild pointer,
+ *                   3 an initialiser that calls abort() except in a process
+ *                     whose arguments include "probe" (a library that passes
+ *                     kuiper-node's child-process probe, then crashes the
+ *                     node itself, as one clashing with another library does)
  */
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kuiper_plugin.h"
 
@@ -39,6 +45,25 @@
 #if PLUGIN_DEFECT == 1
 /* Runs when the library is loaded, before anything of it is called. */
 __attribute__((constructor)) static void crash_on_load(void) { abort(); }
+#endif
+
+#if PLUGIN_DEFECT == 3
+/* Aborts unless one of the process's arguments is "probe". */
+__attribute__((constructor)) static void crash_unless_probed(void) {
+    char args[4096];
+    FILE *f = fopen("/proc/self/cmdline", "rb");
+    size_t n = f ? fread(args, 1, sizeof args - 1, f) : 0;
+    if (f) {
+        fclose(f);
+    }
+    args[n] = '\0';
+    for (size_t i = 0; i < n; i += strlen(args + i) + 1) {
+        if (strcmp(args + i, "probe") == 0) {
+            return;
+        }
+    }
+    abort();
+}
 #endif
 
 static const KuiperPluginV1 descriptor = {

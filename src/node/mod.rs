@@ -271,7 +271,8 @@ pub fn installed(root: &Path, report: Report) -> Result<Synced, String> {
 /// Loads every plugin the manifest lists as installed (not pending), in
 /// type then name order, adding what happened to `report`. With a
 /// `prober`, each library is loaded in a child process first
-/// ([`probe::Prober::check`]) and only loaded here if that went well.
+/// ([`probe::Prober::check`]) and only loaded here if that went well; a
+/// library that crashed this process on an earlier start is skipped.
 /// Returns the loaded libraries, which stay mapped as long as they are kept.
 pub fn load_installed(
     synced: &Synced,
@@ -296,6 +297,9 @@ pub fn load_installed(
             }
             load_one(&path, e.plugin_type, &e.name)
         });
+        if let Some(p) = prober.as_deref_mut() {
+            p.loaded();
+        }
         match result {
             Ok(p) => {
                 progress.line(&format!(

@@ -9,6 +9,13 @@
 //! passed are remembered by their SHA-256 in `.kuiper-node/probed.json`, so
 //! that an unchanged library is not probed again on the next start; failures
 //! are not remembered (a missing dependency may be installed meanwhile).
+//!
+//! A library can pass alone and still crash `run` itself (one clashing with a
+//! library loaded before it). So before each in-process load the parent
+//! writes `.kuiper-node/loading.json` naming the library, and removes it
+//! after. A start that finds it left behind knows which library took the
+//! last start down: that library is remembered as crashed and skipped, with
+//! a failure saying why, until a different library is installed for it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -33,6 +40,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The name of the probe cache under [`STATE_DIR`].
 const CACHE_FILE: &str = "probed.json";
+
+/// The name of the in-process loading marker under [`STATE_DIR`].
+const LOADING_FILE: &str = "loading.json";
 
 /// What the child reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +76,10 @@ pub struct Prober {
     root: PathBuf,
     /// `{type}/{name}` -> SHA-256 of the library that passed.
     passed: BTreeMap<String, String>,
+    /// `{type}/{name}` -> SHA-256 of a library that crashed `run` itself.
+    crashed: BTreeMap<String, String>,
+    /// Whether the loading marker is written for the library being loaded.
+    marked: bool,
     changed: bool,
 }
 
@@ -73,23 +87,46 @@ pub struct Prober {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Cache {
     passed: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    crashed: BTreeMap<String, String>,
+}
+
+/// The loading marker: the library `run` is loading in its own process.
+#[derive(Debug, Serialize, Deserialize)]
+struct Loading {
+    plugin: String,
+    sha256: String,
 }
 
 impl Prober {
     /// A prober re-running `exe`, with the cache of `root` (an unreadable
     /// cache is an empty one).
+    /// A library named by a loading marker left behind took the last start
+    /// down: it is remembered as crashed.
     pub fn new(exe: PathBuf, root: &Path) -> Self {
-        let passed = std::fs::read(root.join(STATE_DIR).join(CACHE_FILE))
+        let state = root.join(STATE_DIR);
+        let cache = std::fs::read(state.join(CACHE_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<Cache>(&b).ok())
-            .map(|c| c.passed)
             .unwrap_or_default();
-        Prober {
+        let mut prober = Prober {
             exe,
             root: root.to_path_buf(),
-            passed,
+            passed: cache.passed,
+            crashed: cache.crashed,
+            marked: false,
             changed: false,
+        };
+        let left = std::fs::read(state.join(LOADING_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Loading>(&b).ok());
+        if let Some(left) = left {
+            tracing::warn!(plugin = %left.plugin, "the last start crashed while loading this library; it is skipped until it changes");
+            prober.passed.remove(&left.plugin);
+            prober.crashed.insert(left.plugin, left.sha256);
+            prober.changed = true;
         }
+        prober
     }
 
     /// Loads the library at `path` (plugin `name` of `ty`) in a child
@@ -97,23 +134,62 @@ impl Prober {
     pub fn check(&mut self, path: &Path, ty: PluginType, name: &str) -> Result<(), String> {
         let key = manifest::key(ty, name);
         let sha = hash(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if self.passed.get(&key) == Some(&sha) {
-            return Ok(());
+        match self.crashed.get(&key) {
+            Some(crashed) if *crashed == sha => {
+                return Err(format!(
+                    "plugin {key} crashed kuiper-node run while loading on an earlier start (it had loaded alone in a child process); \
+                     skipped until another version is installed (remove {STATE_DIR}/{CACHE_FILE} to try it again); not loaded"
+                ));
+            }
+            Some(_) => {
+                self.crashed.remove(&key);
+                self.changed = true;
+            }
+            None => {}
         }
-        if self.passed.remove(&key).is_some() {
+        if self.passed.get(&key) != Some(&sha) {
+            if self.passed.remove(&key).is_some() {
+                self.changed = true;
+            }
+            probe(&self.exe, path, ty, name)?;
+            self.passed.insert(key.clone(), sha.clone());
             self.changed = true;
         }
-        probe(&self.exe, path, ty, name)?;
-        self.passed.insert(key, sha);
-        self.changed = true;
+        self.mark(Loading {
+            plugin: key,
+            sha256: sha,
+        })
+    }
+
+    /// Writes the loading marker: the caller loads the library next. Not
+    /// flushed to disk: it only has to outlive this process, not the machine.
+    fn mark(&mut self, loading: Loading) -> Result<(), String> {
+        beneath::check(&self.root, STATE_DIR, true)?;
+        let body = serde_json::to_vec(&loading).map_err(|e| format!("loading marker: {e}"))?;
+        let path = self.root.join(STATE_DIR).join(LOADING_FILE);
+        std::fs::write(&path, body)
+            .map_err(|e| format!("cannot write {}: {e}; not loaded", path.display()))?;
+        self.marked = true;
         Ok(())
+    }
+
+    /// Removes the loading marker once the library [`Prober::check`] passed
+    /// has been loaded in this process (or failed without crashing it).
+    pub fn loaded(&mut self) {
+        if std::mem::take(&mut self.marked) {
+            let path = self.root.join(STATE_DIR).join(LOADING_FILE);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the loading marker");
+            }
+        }
     }
 
     /// Forgets plugins not in `keep` (by key), e.g. removed ones.
     pub fn retain(&mut self, keep: &dyn Fn(&str) -> bool) {
-        let before = self.passed.len();
+        let before = self.passed.len() + self.crashed.len();
         self.passed.retain(|k, _| keep(k));
-        self.changed |= self.passed.len() != before;
+        self.crashed.retain(|k, _| keep(k));
+        self.changed |= self.passed.len() + self.crashed.len() != before;
     }
 
     /// Writes the cache if it changed (best effort: without it, libraries
@@ -125,6 +201,7 @@ impl Prober {
         beneath::check(&self.root, STATE_DIR, true)?;
         let body = serde_json::to_vec_pretty(&Cache {
             passed: self.passed.clone(),
+            crashed: self.crashed.clone(),
         })
         .map_err(|e| format!("probe cache: {e}"))?;
         manifest::write_atomic(&self.root.join(STATE_DIR).join(CACHE_FILE), &body)

@@ -261,3 +261,68 @@ async fn a_plugin_that_crashes_while_loading_fails_alone() {
         assert_eq!(keys, ["sinks/print"], "start {start}");
     }
 }
+
+/// A library that loads alone in the probe but crashes `run` itself: the
+/// start it crashes leaves a marker, and every later start skips it with a
+/// report saying why, until another version is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_crashes_run_itself_is_skipped_on_the_next_start() {
+    let env = Env::start(Backend::Local).await;
+    env.publish("sinks", "print", so_zip("Print.so", lib("print")))
+        .await;
+    let clash = CPlugin {
+        defect: 3,
+        ..CPlugin::new("clash", 1, "1")
+    };
+    env.publish("sinks", "clash", so_zip("Clash.so", clash.so()))
+        .await;
+    let root = env.root();
+    let root_s = root.to_string_lossy().into_owned();
+    let store = env.store_arg();
+
+    // The first start passes the probe, then dies loading it in-process.
+    let first = env
+        .node_command(&["run", "--once", "--store", &store, "--root", &root_s])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&first.status),
+        Some(libc::SIGABRT),
+        "{first:?}"
+    );
+
+    // Every later start reports it and loads the rest.
+    for start in 1..3 {
+        let run = env.run_once(&[]).await;
+        run.assert_failed();
+        assert_eq!(
+            run.report["loaded"],
+            json!([{"type": "sinks", "name": "print", "version": "1.0.0", "symbol": "Print"}]),
+            "start {start}"
+        );
+        let failures = run.failures();
+        assert_eq!(failures.len(), 1, "start {start}: {failures:?}");
+        assert_eq!(failures[0].0, "sinks/clash");
+        assert!(
+            failures[0].1.starts_with(
+                "plugin sinks/clash crashed kuiper-node run while loading on an earlier start"
+            ),
+            "start {start}: {}",
+            failures[0].1
+        );
+    }
+
+    // Another version of it is tried again, and loads.
+    let fixed = CPlugin::new("clash", 1, "2");
+    env.update("sinks", "clash", so_zip("Clash.so", fixed.so()))
+        .await;
+    let run = env.run_once(&[]).await;
+    run.assert_ok();
+    assert_eq!(
+        run.report["loaded"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        run.report
+    );
+}
