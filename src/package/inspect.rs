@@ -188,15 +188,16 @@ fn inspect<R: Read + Seek, E: Extract>(
         .rewind()
         .map_err(|e| PackageError::NotAZip(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(reader).map_err(|e| PackageError::NotAZip(e.to_string()))?;
+    // The zip crate keeps one of several entries of a name: say so first.
+    if zip.has_duplicate_names() {
+        return Err(PackageError::DuplicateNames);
+    }
     if zip.len() != records.len() {
         return Err(PackageError::NotAZip(format!(
             "the zip reader found {} entries where its central directory has {}",
             zip.len(),
             records.len()
         )));
-    }
-    if zip.has_duplicate_names() {
-        return Err(PackageError::DuplicateNames);
     }
 
     let yaml_name = format!("{name}.yaml");
@@ -210,7 +211,7 @@ fn inspect<R: Read + Seek, E: Extract>(
     let whole_max = extract.whole_entry_max();
     let mut inflater = WholeInflater::default();
 
-    for i in 0..zip.len() {
+    for (i, record) in records.iter().enumerate() {
         let raw = zip
             .by_index_raw(i)
             .map_err(|e| PackageError::NotAZip(e.to_string()))?;
@@ -250,7 +251,6 @@ fn inspect<R: Read + Seek, E: Extract>(
                 })
             }
         }
-        let record = &records[i];
         if raw.header_start() != record.header_start || raw.name_raw() != record.name {
             return Err(PackageError::NotAZip(format!(
                 "the zip reader read entry {entry:?} differently from its central record"
