@@ -21,10 +21,13 @@ async fn abi_failures_are_reported_per_plugin(env: Env) {
     // `print`'s library published as sink `other`: it exports `Print`, not `Other`.
     env.publish("sinks", "other", so_zip("Other.so", lib("print")))
         .await;
-    // A library cut short: its ELF headers pass the registry's check, dlopen fails.
+    // A library cut short, in a store written before the registry refused
+    // such libraries: published whole, then its stored zip replaced.
+    env.publish("sinks", "cut", so_zip("Cut.so", lib("print")))
+        .await;
     let mut cut = lib("print");
     cut.truncate(8 * 1024);
-    env.publish("sinks", "cut", so_zip("Cut.so", cut)).await;
+    replace_stored_zip(&env, "sinks", "cut", so_zip("Cut.so", cut));
     // A library needing a shared library the node does not have: dlopen fails.
     env.publish(
         "sinks",
@@ -56,8 +59,10 @@ async fn abi_failures_are_reported_per_plugin(env: Env) {
 
     let run = env.run_once(&[]).await;
     run.assert_failed();
-    // Everything synced; only loading failed.
-    assert_eq!(run.list("installed").len(), 8, "{}", run.report);
+    // Everything synced but the cut library, which the node's check of the
+    // zip refuses before installing anything; the others failed loading.
+    assert_eq!(run.list("installed").len(), 7, "{}", run.report);
+    assert!(!env.root().join("plugins/sinks/Cut.so").exists());
     assert_eq!(
         run.report["loaded"],
         json!([
@@ -122,10 +127,12 @@ async fn abi_failures_are_reported_per_plugin(env: Env) {
     );
 
     // The files stay installed (they are what the registry holds); a plain
-    // sync has nothing to report, and a second run reports the same failures.
+    // sync reports the cut library alone, and a second run reports the same
+    // failures.
     let sync = env.sync(&[]).await;
-    sync.assert_ok();
-    assert_eq!(sync.list("unchanged").len(), 8);
+    sync.assert_failed();
+    assert_eq!(sync.list("unchanged").len(), 7);
+    assert_eq!(sync.failures().len(), 1, "{}", sync.report);
     let again = env.run_once(&[]).await;
     again.assert_failed();
     assert_eq!(again.failures(), failures);
@@ -142,4 +149,22 @@ fn needing_missing_library() -> Vec<u8> {
         .expect("the example library needs libgcc_s.so.1");
     so[at..at + to.len()].copy_from_slice(to);
     so
+}
+
+/// Replaces the zip that `{ty}/{name}`'s metadata points at with `zip`,
+/// straight in the store, and its recorded SHA-256 and size with `zip`'s:
+/// what a store written by an earlier version of the registry may hold.
+fn replace_stored_zip(env: &Env, ty: &str, name: &str, zip: Vec<u8>) {
+    use sha2::Digest;
+    let meta_path = env.object_path(&format!("plugins/{ty}/{name}.json"));
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let blob = meta["blob"]
+        .as_str()
+        .expect("metadata names its zip")
+        .to_string();
+    std::fs::write(env.object_path(&blob), &zip).unwrap();
+    meta["sha256"] = json!(hex::encode(sha2::Sha256::digest(&zip)));
+    meta["size"] = json!(zip.len());
+    std::fs::write(meta_path, meta.to_string()).unwrap();
 }
