@@ -75,9 +75,6 @@ pub struct CPlugin {
     pub version: String,
     /// The descriptor's `abi_version`.
     pub abi: u32,
-    /// `PLUGIN_DEFECT`: 0 none, 1 an initialiser that aborts, 2 a descriptor
-    /// whose name is a wild pointer.
-    pub defect: u32,
 }
 
 impl CPlugin {
@@ -94,7 +91,6 @@ impl CPlugin {
             kind,
             version: version.to_string(),
             abi: 1,
-            defect: 0,
         }
     }
 
@@ -116,8 +112,8 @@ impl CPlugin {
         let dir = target_dir().join("c");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let out = dir.join(format!(
-            "lib{}-{}-{}-{}-{}-{}.so",
-            self.symbol, self.name, self.kind, self.version, self.abi, self.defect
+            "lib{}-{}-{}-{}-{}.so",
+            self.symbol, self.name, self.kind, self.version, self.abi
         ));
         if out.exists() {
             return Ok(out);
@@ -134,7 +130,6 @@ impl CPlugin {
             .arg(format!("-DPLUGIN_KIND={}u", self.kind))
             .arg(format!("-DPLUGIN_VERSION=\"{}\"", self.version))
             .arg(format!("-DPLUGIN_ABI={}u", self.abi))
-            .arg(format!("-DPLUGIN_DEFECT={}", self.defect))
             .arg("-o")
             .arg(&tmp)
             .arg(root.join("harness/c-plugin/plugin.c"))
@@ -155,4 +150,82 @@ impl CPlugin {
         let path = self.build().expect("C plugin builds");
         std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     }
+}
+
+/// A position-independent executable (`cc -fPIE -pie`, or `$CC`) that
+/// exports `symbol`: an ELF `ET_DYN` file with `DF_1_PIE` set, which glibc's
+/// `dlopen` refuses ("cannot dynamically load position-independent
+/// executable"). Built once; returns its bytes.
+pub fn pie_executable(symbol: &str) -> Vec<u8> {
+    assert!(
+        !symbol.is_empty()
+            && symbol
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "unsupported symbol {symbol:?}"
+    );
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = target_dir().join("c");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let out = dir.join(format!("pie-{symbol}"));
+    if !out.exists() {
+        let src = dir.join(format!(".pie-{symbol}.{}.c", std::process::id()));
+        let tmp = dir.join(format!(".pie-{symbol}.{}.tmp", std::process::id()));
+        std::fs::write(
+            &src,
+            format!(
+                "int {symbol}(void) {{ return 1; }}\nint main(void) {{ return {symbol}() - 1; }}\n"
+            ),
+        )
+        .expect("write the PIE's source");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let output = Command::new(&cc)
+            .args(["-fPIE", "-pie", "-O1", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+        let _ = std::fs::remove_file(&src);
+        assert!(
+            output.status.success(),
+            "{cc} failed to build a PIE:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename {}: {e}", tmp.display()));
+    }
+    std::fs::read(&out).unwrap_or_else(|e| panic!("read {}: {e}", out.display()))
+}
+
+/// Where the program headers of a little-endian ELF64 file start, each's
+/// size, and how many there are.
+fn program_headers(elf: &[u8]) -> (usize, usize, usize) {
+    assert_eq!(&elf[..6], b"\x7fELF\x02\x01", "a little-endian ELF64 file");
+    let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]) as usize;
+    let offset = u64::from_le_bytes(elf[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    (offset, u16_at(0x36), u16_at(0x38))
+}
+
+/// `elf` (a little-endian ELF64 library) with no program headers
+/// (`e_phoff` and `e_phnum` 0).
+pub fn without_program_headers(mut elf: Vec<u8>) -> Vec<u8> {
+    program_headers(&elf);
+    elf[0x20..0x28].fill(0);
+    elf[0x38..0x3a].fill(0);
+    elf
+}
+
+/// `elf` (a little-endian ELF64 library) with its last `PT_LOAD` segment
+/// moved to start one page past the end of the file.
+pub fn with_segment_past_the_end(mut elf: Vec<u8>) -> Vec<u8> {
+    const PT_LOAD: u32 = 1;
+    let (offset, size, count) = program_headers(&elf);
+    let at = (0..count)
+        .map(|i| offset + i * size)
+        .filter(|&at| u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) == PT_LOAD)
+        .last()
+        .expect("a PT_LOAD segment");
+    let past = (elf.len() as u64 + 4096).to_le_bytes();
+    elf[at + 8..at + 16].copy_from_slice(&past);
+    elf
 }

@@ -216,6 +216,13 @@ fn zips() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("shellParas needed", base().file("lib/dep.so", "x").build()),
     ]
+    .into_iter()
+    .chain(
+        crate::disagreement::cases()
+            .into_iter()
+            .map(|(case, zip, _)| (case, zip)),
+    )
+    .collect()
 }
 
 fn paths() -> Vec<(Method, &'static str)> {

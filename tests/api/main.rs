@@ -10,6 +10,7 @@ mod callbacks;
 mod corpus;
 mod create;
 mod delete;
+mod disagreement;
 mod faults;
 mod functions;
 mod limits;
