@@ -75,6 +75,9 @@ pub struct CPlugin {
     pub version: String,
     /// The descriptor's `abi_version`.
     pub abi: u32,
+    /// `PLUGIN_DEFECT`: 0 none, 1 an initialiser that aborts, 2 a descriptor
+    /// whose name is a wild pointer.
+    pub defect: u32,
 }
 
 impl CPlugin {
@@ -91,6 +94,7 @@ impl CPlugin {
             kind,
             version: version.to_string(),
             abi: 1,
+            defect: 0,
         }
     }
 
@@ -112,8 +116,8 @@ impl CPlugin {
         let dir = target_dir().join("c");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let out = dir.join(format!(
-            "lib{}-{}-{}-{}-{}.so",
-            self.symbol, self.name, self.kind, self.version, self.abi
+            "lib{}-{}-{}-{}-{}-{}.so",
+            self.symbol, self.name, self.kind, self.version, self.abi, self.defect
         ));
         if out.exists() {
             return Ok(out);
@@ -130,6 +134,7 @@ impl CPlugin {
             .arg(format!("-DPLUGIN_KIND={}u", self.kind))
             .arg(format!("-DPLUGIN_VERSION=\"{}\"", self.version))
             .arg(format!("-DPLUGIN_ABI={}u", self.abi))
+            .arg(format!("-DPLUGIN_DEFECT={}", self.defect))
             .arg("-o")
             .arg(&tmp)
             .arg(root.join("harness/c-plugin/plugin.c"))
@@ -221,9 +226,9 @@ pub fn with_segment_past_the_end(mut elf: Vec<u8>) -> Vec<u8> {
     const PT_LOAD: u32 = 1;
     let (offset, size, count) = program_headers(&elf);
     let at = (0..count)
+        .rev()
         .map(|i| offset + i * size)
-        .filter(|&at| u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) == PT_LOAD)
-        .last()
+        .find(|&at| u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) == PT_LOAD)
         .expect("a PT_LOAD segment");
     let past = (elf.len() as u64 + 4096).to_le_bytes();
     elf[at + 8..at + 16].copy_from_slice(&past);
