@@ -5,13 +5,17 @@
 //! - [`raw::RawHost`]: a TCP host that answers with exact bytes (lying lengths, stalls).
 //! - [`zips::ZipBuilder`]: builds valid, malformed and malicious zips.
 //! - [`s3::S3Server`]: an in-process S3-protocol server (s3s + s3s-fs) with SigV4.
+//! - [`rig`], [`minio::Minio`]: the real-component rig (stock kuiperd, Go plugins,
+//!   MinIO) built by `harness/go/build.sh`, and a MinIO server on loopback.
 //! - [`plugins`]: real `.so` plugins compiled from the example crates, and
 //!   from the C example `c-plugin/plugin.c` with `cc`.
 
 pub mod auth;
 pub mod callbacks;
 pub mod files;
+pub mod minio;
 pub mod plugins;
 pub mod raw;
+pub mod rig;
 pub mod s3;
 pub mod zips;
