@@ -6,12 +6,14 @@
 //! - [`zips::ZipBuilder`]: builds valid, malformed and malicious zips.
 //! - [`s3::S3Server`]: an in-process S3-protocol server (s3s + s3s-fs) with SigV4.
 //! - [`rig`], [`minio::Minio`]: the real-component rig (stock kuiperd, Go plugins,
-//!   MinIO) built by `harness/go/build.sh`, and a MinIO server on loopback.
+//!   MinIO) built by `harness/go/build.sh`, a MinIO server on loopback, and
+//!   [`ekuiper::Kuiperd`], a stock eKuiper node.
 //! - [`plugins`]: real `.so` plugins compiled from the example crates, and
 //!   from the C example `c-plugin/plugin.c` with `cc`.
 
 pub mod auth;
 pub mod callbacks;
+pub mod ekuiper;
 pub mod files;
 pub mod minio;
 pub mod plugins;

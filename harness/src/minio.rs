@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::rig::{free_port, spawn_detached, Rig};
+use crate::rig::{free_port, http_status, spawn_detached, Rig};
 
 /// MinIO's root user, the access key clients sign with.
 pub const MINIO_ACCESS_KEY: &str = "kuiper-rig-admin";
@@ -107,7 +107,7 @@ impl Minio {
             if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
                 return Err(format!("minio exited ({status}):\n{}", self.log()));
             }
-            if health(self.port) {
+            if http_status(self.port, "/minio/health/live") == Some(200) {
                 break;
             }
             if Instant::now() > deadline {
@@ -185,21 +185,4 @@ impl Drop for Minio {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Whether MinIO on `port` answers its liveness probe.
-fn health(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!(
-        "GET /minio/health/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
 }

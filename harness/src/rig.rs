@@ -179,3 +179,18 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
         .port()
 }
+
+/// The status of `GET {path}` on 127.0.0.1:`port`, or `None` when nothing
+/// answers (a plain HTTP/1.1 request; for readiness probes).
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).ok()?;
+    let line = std::str::from_utf8(&buf).ok()?;
+    line.strip_prefix("HTTP/1.1 ")?.trim().parse().ok()
+}
