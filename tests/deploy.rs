@@ -342,6 +342,10 @@ fn check_argv(bins: &Binaries, argv: &[String], env: &BTreeMap<String, String>, 
     let mut given = BTreeSet::new();
     while i < argv.len() {
         let arg = &argv[i];
+        if arg == "--" {
+            // The rest is a command the binary runs (`kuiper-node ekuiper -- kuiperd`).
+            break;
+        }
         let (flag, inline_value) = match arg.split_once('=') {
             Some((f, v)) => (f.to_string(), Some(v.to_string())),
             None => (arg.clone(), None),
@@ -396,6 +400,11 @@ fn check_argv(bins: &Binaries, argv: &[String], env: &BTreeMap<String, String>, 
 fn check_env(cli_vars: &BTreeMap<String, Opt>, env: &BTreeMap<String, String>, what: &str) {
     for (name, value) in env {
         if AWS_VARIABLES.contains(&name.as_str()) || RUNTIME_VARIABLES.contains(&name.as_str()) {
+            continue;
+        }
+        // eKuiper's own settings (`KUIPER__SECTION__KEY`), for the eKuiper that
+        // `kuiper-node ekuiper` runs; it reads the REST port from them too.
+        if name.starts_with("KUIPER__") {
             continue;
         }
         let opt = cli_vars.get(name).unwrap_or_else(|| {
@@ -554,7 +563,7 @@ fn image_cmd() -> Vec<String> {
 }
 
 /// Which services run our image (they have `build` with our Dockerfile, or its tag).
-fn our_services(compose: &Value) -> Vec<(String, &Value)> {
+fn our_image_services(compose: &Value) -> Vec<(String, &Value)> {
     let tag = services(compose)["plugin-api"]["image"]
         .as_str()
         .map(str::to_string);
@@ -564,6 +573,24 @@ fn our_services(compose: &Value) -> Vec<(String, &Value)> {
             s["build"]["dockerfile"].as_str().is_some()
                 || (tag.is_some() && s["image"].as_str() == tag.as_deref())
         })
+        .map(|(n, s)| (n.clone(), s))
+        .collect()
+}
+
+/// Which services run one of our binaries: from our image, or (the stock
+/// eKuiper service) from the volume that carries kuiper-node into its container.
+fn our_services(compose: &Value) -> Vec<(String, &Value)> {
+    let ours = |s: &Value| {
+        let argv = service_argv(s);
+        let bin = argv
+            .first()
+            .and_then(|a| Path::new(a).file_name())
+            .map(|f| f.to_string_lossy().to_string());
+        BINARIES.iter().any(|(b, _)| Some(*b) == bin.as_deref())
+    };
+    services(compose)
+        .iter()
+        .filter(|(_, s)| ours(s))
         .map(|(n, s)| (n.clone(), s))
         .collect()
 }
@@ -773,13 +800,33 @@ fn compose_commands_use_the_binaries_subcommands_and_flags() {
         Some("run"),
         "the node runs `kuiper-node run`"
     );
+    // The stock eKuiper runs kuiper-node, copied into its container by kuiper-node-bin.
+    let ekuiper = &services(&compose)["ekuiper"];
+    assert!(
+        string(&ekuiper["image"], "ekuiper image").starts_with("lfedge/ekuiper:2.4.0"),
+        "the tested eKuiper version"
+    );
+    let argv = service_argv(ekuiper);
+    assert_eq!(argv.get(1).map(String::as_str), Some("ekuiper"), "{argv:?}");
+    let copy = service_argv(&services(&compose)["kuiper-node-bin"]);
+    assert_eq!(
+        copy.last(),
+        argv.first(),
+        "runs the binary kuiper-node-bin copies"
+    );
+    assert_eq!(
+        ekuiper["depends_on"]["kuiper-node-bin"]["condition"], "service_completed_successfully",
+        "eKuiper starts once the binary is there"
+    );
+    let child = &argv[argv.iter().position(|a| a == "--").expect("-- kuiperd") + 1..];
+    assert_eq!(child, ["/kuiper/bin/kuiperd"], "the image's own kuiperd");
 }
 
 #[test]
 fn dockerfile_ships_both_binaries_as_non_root() {
     let compose = yaml(COMPOSE);
     // The build of compose's image is this Dockerfile, relative to its context.
-    for (name, s) in our_services(&compose) {
+    for (name, s) in our_image_services(&compose) {
         let build = &s["build"];
         let context = repo()
             .join("infra")

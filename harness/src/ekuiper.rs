@@ -76,6 +76,7 @@ pub struct Kuiperd {
     base: PathBuf,
     ports: Ports,
     log: PathBuf,
+    extra_env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -83,12 +84,21 @@ impl Kuiperd {
     /// Starts kuiperd over `base`, appending its output to `log`; waits until
     /// it answers `/ping`.
     pub fn start(base: &Path, log: &Path) -> Kuiperd {
+        Self::start_with(base, log, &[])
+    }
+
+    /// [`Kuiperd::start`] with more environment settings (`KUIPER__BASIC__ENABLEPRIVATENET`...).
+    pub fn start_with(base: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Kuiperd {
         let mut last = String::new();
         for _ in 0..3 {
             let mut k = Kuiperd {
                 base: base.to_path_buf(),
                 ports: Ports::free(),
                 log: log.to_path_buf(),
+                extra_env: extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 child: None,
             };
             match k.launch() {
@@ -112,6 +122,7 @@ impl Kuiperd {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(node_env(&self.base, self.ports))
+            .envs(self.extra_env.iter().cloned())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
             .stderr(Stdio::from(out));
         let mut child = spawn_detached(cmd).map_err(|e| format!("cannot run kuiperd: {e}"))?;
@@ -165,7 +176,10 @@ pub fn wait_ready(child: &mut Child, rest_port: u16, log: &Path) -> Result<(), S
     let show = || std::fs::read_to_string(log).unwrap_or_default();
     loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("kuiperd exited ({status}) before answering; its log:\n{}", show()));
+            return Err(format!(
+                "kuiperd exited ({status}) before answering; its log:\n{}",
+                show()
+            ));
         }
         if http_status(rest_port, "/ping") == Some(200) {
             return Ok(());
@@ -173,7 +187,10 @@ pub fn wait_ready(child: &mut Child, rest_port: u16, log: &Path) -> Result<(), S
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("kuiperd did not answer /ping within 30 s; its log:\n{}", show()));
+            return Err(format!(
+                "kuiperd did not answer /ping within 30 s; its log:\n{}",
+                show()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -40,6 +40,23 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Sync, then run stock eKuiper (COMMAND) in DIR as a child: signals are
+    /// passed on, its exit code is ours. Once it answers, registers function
+    /// plugins' function lists through its REST API and reports what it loaded.
+    Ekuiper {
+        #[command(flatten)]
+        common: Common,
+        /// eKuiper's REST API. Default: from KUIPER__BASIC__RESTIP and
+        /// KUIPER__BASIC__RESTPORT as eKuiper reads them, else http://127.0.0.1:9081.
+        #[arg(long, env = "KUIPER_NODE_EKUIPER_URL")]
+        ekuiper_url: Option<String>,
+        /// How long to wait for eKuiper's REST API after starting it.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ready_timeout: Duration,
+        /// eKuiper's server and its arguments, after `--` (e.g. -- /kuiper/bin/kuiperd).
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Internal: load one library and report on stdout (run does this in a
     /// child process for each library, so that one that crashes fails alone).
     #[command(hide = true)]
@@ -158,6 +175,148 @@ fn probe(plugin_type: &str, name: &str, path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Syncs; on a store error, keeps what the last sync installed when `load`
+/// (a node that restarts while the store is down keeps its plugins). The
+/// error is the report to print when there is nothing to fall back on.
+async fn sync_or_installed(
+    common: &Common,
+    progress: &Progress,
+    load: bool,
+) -> Result<node::Synced, Report> {
+    let synced = match node::open_store(&common.store).await {
+        Ok(store) => store.sync(&common.options(), progress).await,
+        Err(e) => Err(e),
+    };
+    let e = match synced {
+        Ok(s) => return Ok(s),
+        Err(e) => e,
+    };
+    progress.line(&format!("error: {e}"));
+    let fallback = load
+        .then(|| node::installed(&common.root, Report::fatal(e.clone())).ok())
+        .flatten();
+    match fallback {
+        Some(s) => {
+            progress.line("using the plugins installed by the last sync");
+            Ok(s)
+        }
+        None => {
+            let mut report = Report::fatal(e);
+            if load {
+                report.loaded = Some(Vec::new());
+            }
+            Err(report)
+        }
+    }
+}
+
+/// `kuiper-node ekuiper`: sync, then eKuiper as a child (see the subcommand's help).
+async fn run_ekuiper(
+    common: &Common,
+    url: Option<&str>,
+    ready_timeout: Duration,
+    command: &[std::ffi::OsString],
+) -> ExitCode {
+    use kuiper_registry::node::{ekuiper, supervise};
+    let progress = Progress::stderr();
+    // eKuiper starts even when the store is down and nothing was synced yet.
+    let synced = match sync_or_installed(common, &progress, true).await {
+        Ok(s) => s,
+        Err(mut report) => {
+            let _ = std::fs::create_dir_all(&common.root);
+            let root = common
+                .root
+                .canonicalize()
+                .unwrap_or_else(|_| common.root.clone());
+            report.loaded = None;
+            node::Synced {
+                report,
+                manifest: Default::default(),
+                root,
+            }
+        }
+    };
+    progress.finish();
+    node::release_memory();
+    let url = url
+        .map(str::to_string)
+        .unwrap_or_else(|| ekuiper::default_url(|k| std::env::var(k).ok()));
+    let rest = match ekuiper::Rest::new(&url) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kuiper-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let forwarder = supervise::Forwarder::install();
+    let (program, args) = command.split_first().expect("clap requires a command");
+    let child = match supervise::spawn(std::path::Path::new(program), args, &synced.root) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut report = synced.report.clone();
+            report.failed.push(node::Failure {
+                plugin_type: String::new(),
+                name: String::new(),
+                error: e.clone(),
+            });
+            progress.line(&format!("error: {e}"));
+            print_report(&report);
+            return ExitCode::FAILURE;
+        }
+    };
+    let pid = child.id();
+    progress.line(&format!(
+        "eKuiper started (pid {}); waiting for {url}",
+        pid.unwrap_or_default()
+    ));
+    let started = async {
+        let mut report = synced.report.clone();
+        let gone = || pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        let status = if rest.wait_ready(ready_timeout, gone).await {
+            ekuiper::after_start(&rest, &synced.manifest).await
+        } else {
+            let mut s = ekuiper::EkuiperStatus {
+                url: url.clone(),
+                ..Default::default()
+            };
+            s.not_loaded.push(node::Failure {
+                plugin_type: String::new(),
+                name: String::new(),
+                error: format!(
+                    "eKuiper did not answer {url}/ping within {}; function lists not registered, nothing checked",
+                    humantime::format_duration(ready_timeout)
+                ),
+            });
+            s
+        };
+        report.failed.extend(status.not_loaded.iter().cloned());
+        for f in &status.not_loaded {
+            progress.line(&format!(
+                "eKuiper: {} {}: {}",
+                f.plugin_type, f.name, f.error
+            ));
+        }
+        progress.line(&format!(
+            "eKuiper {} loaded {} plugin(s) kuiper-node installed",
+            status.version,
+            status.loaded.len()
+        ));
+        report.ekuiper = Some(status);
+        report.sort();
+        print_report(&report);
+    };
+    match supervise::supervise(child, forwarder, started).await {
+        Ok(status) => {
+            progress.line(&format!("eKuiper exited: {status}"));
+            ExitCode::from(supervise::exit_code(status))
+        }
+        Err(e) => {
+            progress.line(&format!("error: waiting for eKuiper: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     node::keep_freed_memory();
@@ -165,6 +324,12 @@ async fn main() -> ExitCode {
     let (common, load, once) = match &cli.command {
         Command::Sync(c) => (c, false, true),
         Command::Run { common, once } => (common, true, *once),
+        Command::Ekuiper {
+            common,
+            ekuiper_url,
+            ready_timeout,
+            command,
+        } => return run_ekuiper(common, ekuiper_url.as_deref(), *ready_timeout, command).await,
         Command::Probe {
             plugin_type,
             name,
@@ -172,36 +337,12 @@ async fn main() -> ExitCode {
         } => return probe(plugin_type, name, path),
     };
     let progress = Progress::stderr();
-    let synced = match node::open_store(&common.store).await {
-        Ok(store) => store.sync(&common.options(), &progress).await,
-        Err(e) => Err(e),
-    };
-    let synced = match synced {
+    let synced = match sync_or_installed(common, &progress, load).await {
         Ok(s) => s,
-        Err(e) => {
-            progress.line(&format!("error: {e}"));
-            // `run` still loads what the node has installed: a node that
-            // restarts while the store is unreachable keeps its plugins.
-            let fallback = if load {
-                node::installed(&common.root, Report::fatal(e.clone())).ok()
-            } else {
-                None
-            };
-            match fallback {
-                Some(s) => {
-                    progress.line("loading the plugins installed by the last sync");
-                    s
-                }
-                None => {
-                    progress.finish();
-                    let mut report = Report::fatal(e);
-                    if load {
-                        report.loaded = Some(Vec::new());
-                    }
-                    print_report(&report);
-                    return ExitCode::FAILURE;
-                }
-            }
+        Err(report) => {
+            progress.finish();
+            print_report(&report);
+            return ExitCode::FAILURE;
         }
     };
     // Signal handlers are installed before the report is printed, so a

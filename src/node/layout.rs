@@ -6,10 +6,15 @@
 //! | zip entry | on the node |
 //! |---|---|
 //! | the library (`Random@v1.0.0.so`) | `plugins/{type}/Random@v1.0.0.so` |
-//! | `{name}.yaml` (sources) | `etc/{type}/{name}.yaml` |
-//! | `{name}.json` | `etc/{type}/{name}.json` |
-//! | `etc/{path}` | `etc/{type}/{name}/{path}` |
+//! | `{name}.yaml` (sources) | `etc/{type}/{name}.yaml` and `data/{type}/{name}.yaml` |
+//! | `{name}.json` | `etc/{type}/{name}.json` and `data/{type}/{name}.json` |
+//! | `etc/{path}` | `etc/{type}/{name}/{path}` and `data/{type}/{name}/{path}` |
 //! | anything else (`install.sh` and what it needs) | a temporary directory, only for `install.sh` |
+//!
+//! This is what stock eKuiper v2.4.0's own installer (`POST /plugins/{type}`)
+//! writes: every configuration file goes to `etc/` and to a copy under
+//! `data/` (which eKuiper reads first for a plugin's `.json` metadata). The
+//! real-eKuiper parity test compares the two layouts file by file.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -81,6 +86,40 @@ pub fn under(root: &Path, rel: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// The `data/` copy eKuiper keeps of a configuration file installed at
+/// `rel` (`etc/{type}/...` -> `data/{type}/...`); `None` for other files.
+pub fn data_copy(rel: &str) -> Option<String> {
+    rel.strip_prefix("etc/").map(|rest| format!("data/{rest}"))
+}
+
+/// The plugin name eKuiper gives the library file `file` (its `parseName`):
+/// the part before `@` and `.so`, with the first letter lower-cased.
+/// `Random@v1.0.0.so` and `random.so` are both `random`.
+pub fn library_plugin_name(file: &str) -> Option<String> {
+    let stem = file.strip_suffix(".so")?;
+    let name = stem.split('@').next().unwrap_or(stem);
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    Some(first.to_lowercase().chain(chars).collect())
+}
+
+/// Every library under `plugins/{type}/` that eKuiper would take for plugin
+/// `name` (relative paths, sorted); empty when the directory is absent.
+pub fn libraries_of(root: &Path, ty: PluginType, name: &str) -> Vec<String> {
+    let dir = root.join("plugins").join(ty.as_str());
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|f| library_plugin_name(f).as_deref() == Some(name))
+        .map(|f| library_path(ty, &f))
+        .collect();
+    out.sort();
+    out
+}
+
 /// The library of an installed plugin: `plugins/{type}/{so_file}`.
 pub fn library_path(ty: PluginType, so_file: &str) -> String {
     format!("plugins/{}/{so_file}", ty.as_str())
@@ -121,6 +160,32 @@ mod tests {
         );
         for bad in ["../x.so", "etc/../../x", "/abs", "etc/", "a//b"] {
             assert!(p(PluginType::Sink, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn configuration_is_copied_to_data() {
+        assert_eq!(
+            data_copy("etc/sources/random.yaml").as_deref(),
+            Some("data/sources/random.yaml")
+        );
+        assert_eq!(
+            data_copy("etc/sinks/random/a/b.txt").as_deref(),
+            Some("data/sinks/random/a/b.txt")
+        );
+        assert_eq!(data_copy("plugins/sinks/Random.so"), None);
+    }
+
+    #[test]
+    fn library_names_as_ekuiper_parses_them() {
+        for (file, name) in [
+            ("Random@v1.0.0.so", Some("random")),
+            ("random.so", Some("random")),
+            ("Random.so", Some("random")),
+            ("RandomX@1.so", Some("randomX")),
+            ("random.yaml", None),
+        ] {
+            assert_eq!(library_plugin_name(file).as_deref(), name, "{file}");
         }
     }
 

@@ -9,16 +9,21 @@
 //! - [`loader`]: `libloading` and the ABI v1 descriptor checks.
 //! - [`probe`]: each library loaded in a child process first, so that one
 //!   that crashes fails alone.
+//! - [`supervise`], [`ekuiper`]: `kuiper-node ekuiper` runs stock eKuiper as a
+//!   child after the sync, registers function lists through its REST API and
+//!   reports what it loaded.
 //!
 //! Changes take effect when a node (re)starts: a library that is loaded is
 //! never written to; an update renames a new file into place and removes the
 //! old name, which leaves a mapped library intact.
 
 pub mod beneath;
+pub mod ekuiper;
 pub mod layout;
 pub mod loader;
 pub mod manifest;
 pub mod probe;
+pub mod supervise;
 pub mod sync;
 
 use std::io::IsTerminal;
@@ -75,6 +80,9 @@ pub struct Report {
     /// `run` only: the plugins loaded, with their descriptors' values.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loaded: Option<Vec<LoadedInfo>>,
+    /// `ekuiper` only: what the stock eKuiper showed after it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ekuiper: Option<ekuiper::EkuiperStatus>,
     /// Everything that did not work, one entry per plugin.
     pub failed: Vec<Failure>,
 }

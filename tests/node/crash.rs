@@ -127,6 +127,9 @@ async fn killed_sync_is_repaired_by_the_next(env: Env) {
     assert_eq!(
         env.node_files(),
         [
+            "data/sources/random.json",
+            "data/sources/random.yaml",
+            "data/sources/random/conf/extra.txt",
             "etc/sources/random.json",
             "etc/sources/random.yaml",
             "etc/sources/random/conf/extra.txt",

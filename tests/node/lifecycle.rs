@@ -36,6 +36,9 @@ async fn publish_update_drop_and_rerun(env: Env) {
     assert_eq!(
         env.node_files(),
         [
+            "data/sources/random.json",
+            "data/sources/random.yaml",
+            "data/sources/random/conf/extra.txt",
             "etc/sources/random.json",
             "etc/sources/random.yaml",
             "etc/sources/random/conf/extra.txt",
@@ -78,6 +81,9 @@ async fn publish_update_drop_and_rerun(env: Env) {
     assert_eq!(
         env.node_files(),
         [
+            "data/sources/random.json",
+            "data/sources/random.yaml",
+            "data/sources/random/conf/extra.txt",
             "etc/sources/random.json",
             "etc/sources/random.yaml",
             "etc/sources/random/conf/extra.txt",

@@ -8,7 +8,11 @@ use serde_json::json;
 
 use crate::common::{lib, random_zip, so_zip, Env};
 
-on_both_stores!(hand_placed_plugins_survive, unusable_store_removes_nothing);
+on_both_stores!(
+    hand_placed_plugins_survive,
+    unusable_store_removes_nothing,
+    another_library_of_the_same_plugin_is_refused
+);
 
 async fn hand_placed_plugins_survive(env: Env) {
     let root = env.root();
@@ -81,7 +85,7 @@ async fn unusable_store_removes_nothing(env: Env) {
     env.publish("sources", "random", random_zip()).await;
     env.sync(&[]).await.assert_ok();
     let before = env.node_files();
-    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before.len(), 7, "{before:?}");
 
     // A store that does not exist: nothing is removed, the error is reported.
     let root = env.root().display().to_string();
@@ -125,4 +129,28 @@ async fn unusable_store_removes_nothing(env: Env) {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid store"));
+}
+
+/// eKuiper takes `Print.so` and `Print@v1.0.0.so` for one plugin, opens one
+/// and reports the other's version: the node never puts a second library of
+/// a plugin beside one it did not install.
+async fn another_library_of_the_same_plugin_is_refused(env: Env) {
+    let root = env.root();
+    fs::create_dir_all(root.join("plugins/sinks")).unwrap();
+    fs::write(root.join("plugins/sinks/print.so"), lib("print")).unwrap();
+    env.publish("sinks", "print", so_zip("Print@v1.0.0.so", lib("print")))
+        .await;
+    let run = env.sync(&[]).await;
+    run.assert_failed();
+    let error = run.error_of("sinks/print");
+    assert!(
+        error.contains("plugins/sinks/print.so is another library of plugin print")
+            && error.contains("remove it"),
+        "{error}"
+    );
+    assert_eq!(env.node_files(), ["plugins/sinks/print.so"]);
+    // Once the operator removed it, the plugin installs.
+    fs::remove_file(root.join("plugins/sinks/print.so")).unwrap();
+    env.sync(&[]).await.assert_ok();
+    assert_eq!(env.node_files(), ["plugins/sinks/Print@v1.0.0.so"]);
 }

@@ -90,6 +90,10 @@ async fn install_scripts_only_when_allowed(env: Env) {
     assert_eq!(
         env.node_files(),
         [
+            "data/sinks/scripted.json",
+            "data/sources/random.json",
+            "data/sources/random.yaml",
+            "data/sources/random/conf/extra.txt",
             "etc/sinks/scripted.json",
             "etc/sources/random.json",
             "etc/sources/random.yaml",

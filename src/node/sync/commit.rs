@@ -157,6 +157,17 @@ fn plan(m: &Manifest, root: &Path, r: &Ready) -> Result<(Plan, Entry), String> {
         }
     }
 
+    // eKuiper opens one library per plugin name: with another one beside
+    // ours it would run one and report the other's version.
+    for other in layout::libraries_of(root, meta.plugin_type, &meta.name) {
+        if !new_files.contains(&other) && !old_files.contains(&other) {
+            return Err(format!(
+                "{other} is another library of plugin {} (not installed by kuiper-node); eKuiper would load one of the two and report the other's version: remove it; nothing installed",
+                meta.name
+            ));
+        }
+    }
+
     let mut union = old_files;
     for f in &new_files {
         if !union.contains(f) {

@@ -256,7 +256,15 @@ impl package::Extract for Extractor<'_> {
             .set_permissions(fs::Permissions::from_mode(out.mode))?;
         start_writeback(&out.file);
         match out.rel {
-            Some(rel) => self.staged.files.push((rel, out.dest)),
+            Some(rel) => {
+                // eKuiper's installer writes each configuration file twice.
+                if let Some(data_rel) = layout::data_copy(&rel) {
+                    let copy = out.dest.with_extension("data");
+                    fs::copy(&out.dest, &copy)?;
+                    self.staged.files.push((data_rel, copy));
+                }
+                self.staged.files.push((rel, out.dest));
+            }
             None => self.staged.install_dir = Some(self.install_dir.clone()),
         }
         Ok(())
