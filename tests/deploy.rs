@@ -189,7 +189,8 @@ impl Cli {
         if let Some(usage) = text.lines().find(|l| l.starts_with("Usage:")) {
             let tokens: Vec<&str> = usage.split_whitespace().collect();
             for pair in tokens.windows(2) {
-                if pair[0].starts_with("--") && pair[1].starts_with('<') {
+                // (`-- <COMMAND>...` is a trailing command, not an option.)
+                if pair[0].starts_with("--") && pair[0] != "--" && pair[1].starts_with('<') {
                     cli.required.insert(pair[0].to_string());
                 }
             }
