@@ -461,3 +461,49 @@ fn extraction_of_a_bomb_stops_writing_at_the_ratio_limit() {
         );
     }
 }
+
+mod go_build_information {
+    use kuiper_registry::package::{encode_go_build, parse_go_build};
+    use proptest::prelude::*;
+
+    fn module_path() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9.-]{0,12}(/[a-z0-9.-]{1,8}){0,3}"
+    }
+
+    proptest! {
+        /// Any bytes after the magic: an answer, never a panic.
+        #[test]
+        fn any_bytes_are_an_answer(tail in proptest::collection::vec(any::<u8>(), 0..400), flags in any::<u8>()) {
+            let mut s = b"\xff Go buildinf:".to_vec();
+            s.push(8);
+            s.push(flags);
+            s.extend_from_slice(&tail);
+            let _ = parse_go_build(&s);
+        }
+
+        /// What the go command writes reads back as written; cut anywhere
+        /// inside its strings, it is refused.
+        #[test]
+        fn written_information_reads_back(
+            deps in proptest::collection::vec((module_path(), "v[0-9]\\.[0-9]{1,2}\\.[0-9]", "h1:[A-Za-z0-9+/=]{4,12}"), 0..8),
+            trimpath in any::<bool>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut lines = String::from("path\texample.com/p\nmod\texample.com/p\t(devel)\t\n");
+            for (p, v, h) in &deps {
+                lines.push_str(&format!("dep\t{p}\t{v}\t{h}\n"));
+            }
+            lines.push_str(&format!("build\t-trimpath={trimpath}\nbuild\tCGO_ENABLED=1\n"));
+            let section = encode_go_build("go1.26.8", &lines);
+            let b = parse_go_build(&section).unwrap();
+            prop_assert_eq!(&b.go_version, "go1.26.8");
+            prop_assert_eq!(b.deps.len(), deps.len());
+            for (d, (p, v, h)) in b.deps.iter().zip(&deps) {
+                prop_assert_eq!((&d.path, &d.version, &d.sum), (p, v, h));
+            }
+            prop_assert_eq!(b.settings["-trimpath"].clone(), trimpath.to_string());
+            let at = 32 + cut.index(section.len() - 32);
+            prop_assert!(parse_go_build(&section[..at]).is_err(), "cut at {}", at);
+        }
+    }
+}

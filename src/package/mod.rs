@@ -4,6 +4,7 @@
 //! here touches the network or the store. The same checks run in `plugin-api`
 //! (before anything is stored) and on the node (before anything is extracted).
 
+mod buildinfo;
 mod decode;
 mod elf;
 mod inspect;
@@ -12,6 +13,10 @@ mod scan;
 mod structure;
 mod types;
 
+pub use buildinfo::{
+    encode as encode_go_build, parse as parse_go_build, read_file as read_go_build, GoBuild,
+    Module as GoModule,
+};
 pub use elf::{
     check_library, check_library_file, host_arch, machine_name, CapturedElf, ElfCapture,
     MAX_DYNAMIC_BYTES,

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod fingerprint;
 mod lifecycle;
 mod parity;
 mod supervised;
