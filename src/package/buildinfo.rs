@@ -5,15 +5,15 @@
 //! the pointer size, and flags (bit 1: the strings follow inline, as every
 //! Go since 1.18 writes them). Then two strings, each a uvarint length and
 //! its bytes: the Go version (`go1.26.8`) and the module information, framed
-//! by 16-byte sentinels, in lines of tab-separated fields:
+//! by 16-byte sentinels, in lines of tab-separated fields (shown with spaces):
 //!
 //! ```text
-//! path	github.com/lf-edge/ekuiper/v2/cmd/kuiperd
-//! mod	github.com/lf-edge/ekuiper/v2	v2.4.0	h1:…
-//! dep	github.com/lf-edge/ekuiper/contract/v2	v2.3.1	h1:…
-//! =>	github.com/yisaer/kafka-go	v0.0.0-…	h1:…        (the dep above is replaced)
-//! build	-trimpath=true
-//! build	CGO_ENABLED=1
+//! path    github.com/lf-edge/ekuiper/v2/cmd/kuiperd
+//! mod    github.com/lf-edge/ekuiper/v2    v2.4.0    h1:…
+//! dep    github.com/lf-edge/ekuiper/contract/v2    v2.3.1    h1:…
+//! =>    github.com/yisaer/kafka-go    v0.0.0-…    h1:…        (the dep above is replaced)
+//! build    -trimpath=true
+//! build    CGO_ENABLED=1
 //! ```
 //!
 //! [`parse`] is pure and total: damaged or hostile input (cut short, lengths
