@@ -31,7 +31,7 @@ const HEADER_LEN: usize = 32;
 /// The longest Go version string accepted.
 const MAX_VERSION_LEN: u64 = 128;
 /// The longest module information accepted (kuiperd v2.4.0 has about 9 KiB).
-pub const MAX_MODINFO_LEN: u64 = 1 << 20;
+pub const MAX_MODINFO_LEN: u64 = (256 << 10) - 64;
 /// Most module lines accepted.
 const MAX_MODULES: usize = 10_000;
 /// The sentinels around the module information.
@@ -287,33 +287,6 @@ fn put_string(out: &mut Vec<u8>, s: &[u8]) {
         out.push(b | 0x80);
     }
     out.extend_from_slice(s);
-}
-
-/// The Go build information of the ELF file at `path` (a plugin, or the node's
-/// kuiperd): `None` when it has no `.go.buildinfo` section (not built by Go).
-pub fn read_file(path: &std::path::Path) -> Result<Option<GoBuild>, String> {
-    use object::{Object, ObjectSection};
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache)
-        .map_err(|e| format!("{} is not a readable ELF file: {e}", path.display()))?;
-    let Some(section) = elf.section_by_name(".go.buildinfo") else {
-        return Ok(None);
-    };
-    let (offset, size) = section
-        .file_range()
-        .ok_or_else(|| format!("{}: its .go.buildinfo section has no bytes", path.display()))?;
-    let size = size.min(MAX_MODINFO_LEN + 4096);
-    let bytes = object::ReadRef::read_bytes_at(&cache, offset, size).map_err(|()| {
-        format!(
-            "{}: its .go.buildinfo section lies outside the file",
-            path.display()
-        )
-    })?;
-    parse(bytes)
-        .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use std::ops::Range;
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use object::ReadRef;
 
+use super::fingerprint::{self, BuildFingerprint, Scanned, Scanner};
+
 /// Bytes of the library an [`ElfCapture`] keeps from its start: the ELF
 /// header and the program headers must lie within them at publish.
 pub(super) const ELF_PREFIX: usize = 64 * 1024;
@@ -162,6 +164,8 @@ pub struct ElfCapture {
     ranges: Vec<(u64, u64, Vec<u8>)>,
     pos: u64,
     planned: bool,
+    /// Finds the build fingerprint's places (see [`super::fingerprint`]).
+    scanner: Scanner,
 }
 
 impl ElfCapture {
@@ -182,6 +186,9 @@ impl ElfCapture {
             }
         }
         let (start, end) = (self.pos, self.pos + bytes.len() as u64);
+        if self.planned && !bytes.is_empty() {
+            self.scanner.observe(start, bytes);
+        }
         for (from, to, kept) in &mut self.ranges {
             let (a, b) = ((*from).max(start), (*to).min(end));
             if a < b {
@@ -194,6 +201,8 @@ impl ElfCapture {
     /// Decides which ranges past the prefix to keep, once the prefix is full.
     fn plan(&mut self) {
         self.planned = true;
+        self.scanner = Scanner::plan(&self.prefix);
+        self.scanner.observe(0, &self.prefix);
         let wanted = match object::FileKind::parse(&self.prefix[..]) {
             Ok(object::FileKind::Elf64) => {
                 wanted::<object::elf::FileHeader64<object::Endianness>>(&self.prefix)
@@ -225,6 +234,7 @@ impl ElfCapture {
         }
         CapturedElf {
             len: self.pos,
+            scanned: self.scanner.finish(),
             prefix: self.prefix,
             ranges: self
                 .ranges
@@ -247,16 +257,19 @@ fn wanted<H: FileHeader<Endian = object::Endianness>>(prefix: &[u8]) -> Vec<Rang
     let mut out = Vec::new();
     let shoff: u64 = header.e_shoff(endian).into();
     if shoff != 0 {
-        let size = u64::from(header.e_shentsize(endian));
-        out.push(shoff..shoff.saturating_add(size));
+        // The whole table when its count is in the header (the build
+        // information is found by it), else the first header, which holds it.
+        let entsize = u64::from(header.e_shentsize(endian));
+        let count = u64::from(header.e_shnum(endian)).max(1);
+        out.push(shoff..shoff.saturating_add(entsize.saturating_mul(count)));
     }
     if let Ok(phdrs) = header.program_headers(endian, prefix) {
-        if let Some(p) = phdrs
-            .iter()
-            .find(|p| p.p_type(endian) == object::elf::PT_DYNAMIC)
-        {
-            let (offset, size) = p.file_range(endian);
-            out.push(offset..offset.saturating_add(size));
+        for p in phdrs {
+            let t = p.p_type(endian);
+            if t == object::elf::PT_DYNAMIC || t == object::elf::PT_INTERP {
+                let (offset, size) = p.file_range(endian);
+                out.push(offset..offset.saturating_add(size));
+            }
         }
     }
     out
@@ -266,6 +279,7 @@ fn wanted<H: FileHeader<Endian = object::Endianness>>(prefix: &[u8]) -> Vec<Rang
 #[derive(Debug)]
 pub struct CapturedElf {
     len: u64,
+    scanned: Scanned,
     prefix: Vec<u8>,
     ranges: Vec<(u64, Vec<u8>)>,
 }
@@ -284,6 +298,18 @@ impl CapturedElf {
     /// [`check_library`] over these parts.
     pub fn check(&self) -> Result<String, String> {
         check_library(self, self.len)
+    }
+
+    /// The library's build fingerprint (C library, Go build information).
+    pub fn fingerprint(&self) -> Result<BuildFingerprint, String> {
+        fingerprint::fingerprint(self, &self.scanned)
+    }
+
+    /// [`CapturedElf::check`] and [`CapturedElf::fingerprint`]: what publish records.
+    pub fn facts(&self) -> Result<LibraryFacts, String> {
+        let arch = self.check()?;
+        let build = self.fingerprint()?;
+        Ok(LibraryFacts { arch, build })
     }
 
     /// The kept bytes holding `offset..offset + size`, and where they start.
@@ -345,6 +371,37 @@ pub fn host_arch() -> &'static str {
         "loongarch64" => "loongarch64",
         other => other,
     }
+}
+
+/// What the ELF check found out about a library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryFacts {
+    /// Its architecture, as [`machine_name`] names it.
+    pub arch: String,
+    /// What it was built with.
+    pub build: BuildFingerprint,
+}
+
+/// The build fingerprint of the ELF file at `path` (a plugin library, or the
+/// node's eKuiper executable), read as publish reads a library: in one pass,
+/// keeping only the parts it needs.
+pub fn fingerprint_file(path: &std::path::Path) -> Result<BuildFingerprint, String> {
+    use std::io::Read;
+    let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+    let mut capture = ElfCapture::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read(&mut buf).map_err(cannot_read)?;
+        if n == 0 {
+            break;
+        }
+        capture.write(&buf[..n]);
+    }
+    capture
+        .finish()
+        .fingerprint()
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Checks the library file at `path` with [`check_library`], reading only

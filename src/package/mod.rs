@@ -7,6 +7,7 @@
 mod buildinfo;
 mod decode;
 mod elf;
+mod fingerprint;
 mod inspect;
 mod names;
 mod scan;
@@ -14,13 +15,13 @@ mod structure;
 mod types;
 
 pub use buildinfo::{
-    encode as encode_go_build, parse as parse_go_build, read_file as read_go_build, GoBuild,
-    Module as GoModule,
+    encode as encode_go_build, parse as parse_go_build, GoBuild, Module as GoModule,
 };
 pub use elf::{
-    check_library, check_library_file, host_arch, machine_name, CapturedElf, ElfCapture,
-    MAX_DYNAMIC_BYTES,
+    check_library, check_library_file, fingerprint_file, host_arch, machine_name, CapturedElf,
+    ElfCapture, LibraryFacts, MAX_DYNAMIC_BYTES,
 };
+pub use fingerprint::{BuildFingerprint, Libc};
 pub use inspect::{inspect_and_extract, inspect_zip, inspect_zip_scanned, Extract};
 pub use names::{
     check_entry_name, match_library, uc_first, validate_name, NameError, PluginType, MAX_NAME_LEN,

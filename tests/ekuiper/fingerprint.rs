@@ -1,9 +1,10 @@
-//! Go build information read from the rig's real binaries agrees with `go version -m`.
+//! The build fingerprint read from the rig's real binaries (streamed, as
+//! publish reads a library) agrees with `go version -m` and `readelf`.
 
 use std::process::Command;
 
 use kuiper_harness::rig::Rig;
-use kuiper_registry::package::read_go_build;
+use kuiper_registry::package::{fingerprint_file, Libc};
 
 use crate::common::blocking;
 
@@ -50,7 +51,9 @@ async fn build_information_matches_go_version_m() {
         rig.plugin("v1", "sources/Ticker.so"),
         rig.plugin("notrim", "sinks/Linefile.so"),
     ] {
-        let b = read_go_build(&file).unwrap().expect("built by Go");
+        let f = fingerprint_file(&file).unwrap();
+        assert_eq!(f.libc, Libc::Glibc, "{} needs libc.so.6", file.display());
+        let b = f.go.expect("built by Go");
         let (go, mods, settings) = go_version_m(&file);
         assert_eq!(b.go_version, go, "{}", file.display());
         let mut ours = Vec::new();
@@ -79,5 +82,7 @@ async fn build_information_matches_go_version_m() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("Print.so");
     std::fs::write(&p, c).unwrap();
-    assert_eq!(read_go_build(&p).unwrap(), None);
+    let f = fingerprint_file(&p).unwrap();
+    assert_eq!(f.go, None);
+    assert_eq!(f.libc, Libc::Glibc);
 }
