@@ -319,10 +319,11 @@ async fn invalid_zip_key_is_refused(env: Env) {
     env.publish("sinks", "print", so_zip("Print.so", lib("print")))
         .await;
     // The metadata is made to point outside the zips.
-    let path = env.object_path("plugins/sinks/print.json");
-    let mut meta: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let key = "plugins/sinks/print.json";
+    let mut meta: Value = serde_json::from_slice(&env.read_object(key).await).unwrap();
     meta["blob"] = json!("blobs/../plugins/sinks/print.json");
-    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    env.write_object(key, serde_json::to_vec(&meta).unwrap())
+        .await;
 
     let run = env.sync(&[]).await;
     run.assert_failed();
