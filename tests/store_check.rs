@@ -248,6 +248,8 @@ async fn start_until(
     })
     .await
     .unwrap_or_else(|_| panic!("no {expect:?} on stderr"));
+    // The rest is drained, so that the service's logging never meets a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
     (child, base, lines)
 }
 
