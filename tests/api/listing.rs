@@ -3,9 +3,6 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use kuiper_registry::store::local::LocalStore;
-use kuiper_registry::store::{Condition, Store};
 use serde_json::{json, Value};
 
 use crate::common::{Backend, TestEnv};
