@@ -296,11 +296,14 @@ async fn manifest_of_an_earlier_version_still_works(env: Env) {
     // The tags are recorded again.
     assert!(all_tagged(&manifest(&env)), "{}", manifest(&env));
     if tagged {
-        let before = requests(&env);
+        // (Requests are counted on the in-process server only.)
+        let before = env.s3.as_ref().map(|_| requests(&env));
         let again = env.sync(&[]).await;
         again.assert_ok();
         assert_eq!(again.list("unchanged").len(), 2, "{}", again.report);
-        assert_eq!(requests(&env).1 - before.1, 0);
+        if let Some(before) = before {
+            assert_eq!(requests(&env).1 - before.1, 0);
+        }
     }
 
     // An update after that is installed.
