@@ -545,6 +545,52 @@ async fn minio_store(minio: &Minio, bucket: &str, prefix: &str) -> S3Store {
     .await
 }
 
+/// The same messages as for the in-process server: MinIO answers a missing
+/// bucket with 404 and a wrong secret with 403 (SignatureDoesNotMatch); a
+/// stopped MinIO is unavailable, and usable again once restarted.
+#[tokio::test]
+async fn minio_check_names_the_problem() {
+    let minio = Minio::start();
+    let bucket = minio.new_bucket().await;
+    let missing = minio_store(&minio, "nope", "")
+        .await
+        .check()
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("bucket nope does not exist"),
+        "{missing}"
+    );
+    let wrong = S3Store::new(S3Settings {
+        bucket: bucket.clone(),
+        prefix: String::new(),
+        endpoint: Some(minio.endpoint()),
+        region: Some(MINIO_REGION.into()),
+        credentials: Some((MINIO_ACCESS_KEY.into(), "wrong-secret".into())),
+        allow_unsafe: false,
+    })
+    .await;
+    let denied = wrong.check().await.unwrap_err();
+    assert!(
+        denied
+            .to_string()
+            .contains(&format!("access to bucket {bucket} denied")),
+        "{denied}"
+    );
+    let store = minio_store(&minio, &bucket, "").await;
+    store
+        .put("plugins/sinks/a.json", Bytes::from_static(b"{}"), Condition::IfNoneMatch)
+        .await
+        .unwrap();
+    minio.stop();
+    let down = store.get("plugins/sinks/a.json").await.unwrap_err();
+    assert!(matches!(down, StoreError::Unavailable(_)), "{down}");
+    let down = store.check().await.unwrap_err();
+    assert!(matches!(down, StoreError::Unavailable(_)), "{down}");
+    minio.restart();
+    assert!(store.get("plugins/sinks/a.json").await.unwrap().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn minio_store_conforms() {
     let minio = Minio::shared();
