@@ -86,7 +86,11 @@ async fn the_check_is_probed_once_per_bucket_and_prefix_and_then_read() {
     );
     // And once known, conditional writes send no further check.
     later
-        .put("plugins/sinks/a.json", Bytes::from_static(b"{}"), Condition::IfNoneMatch)
+        .put(
+            "plugins/sinks/a.json",
+            Bytes::from_static(b"{}"),
+            Condition::IfNoneMatch,
+        )
         .await
         .unwrap();
     assert_eq!(requests(&server).1, after.1, "no further read");
@@ -94,7 +98,11 @@ async fn the_check_is_probed_once_per_bucket_and_prefix_and_then_read() {
     // Another prefix is another store: probed and recorded on its own.
     let other = S3Store::new(settings(&server, "other", false)).await;
     other.conditions().await.unwrap();
-    assert!(server.bucket_dir().join("other").join(keys::STORE_CHECK).is_file());
+    assert!(server
+        .bucket_dir()
+        .join("other")
+        .join(keys::STORE_CHECK)
+        .is_file());
     assert!(requests(&server).0 > after.0 + 1, "probed");
 
     // The reserved keys are never listed.
@@ -111,7 +119,10 @@ async fn a_store_that_ignores_conditions_is_refused_before_any_conditional_write
     server.ignore_conditions(true);
     let store = S3Store::new(settings(&server, "", false)).await;
     let c = store.conditions().await.unwrap();
-    assert!(!c.if_none_match && !c.if_match && !c.delete_if_match, "{c:?}");
+    assert!(
+        !c.if_none_match && !c.if_match && !c.delete_if_match,
+        "{c:?}"
+    );
     let why = store.refusal(&c).expect("refused");
     assert!(
         why.starts_with(
@@ -133,7 +144,9 @@ async fn a_store_that_ignores_conditions_is_refused_before_any_conditional_write
 
     // Allowed anyway: it works as far as such a store can.
     let allowed = S3Store::new(settings(&server, "", true)).await;
-    assert!(allowed.refusal(&allowed.conditions().await.unwrap()).is_none());
+    assert!(allowed
+        .refusal(&allowed.conditions().await.unwrap())
+        .is_none());
     allowed
         .put(key, Bytes::from_static(b"{}"), Condition::IfNoneMatch)
         .await
@@ -336,7 +349,11 @@ async fn plugin_api_on_minio_probes_once_then_reads_the_record() {
             "{lines:?}"
         );
         let probed = lines.iter().any(|l| l.contains("probed and recorded"));
-        assert_eq!(probed, start == 0, "probed on the first start only: {lines:?}");
+        assert_eq!(
+            probed,
+            start == 0,
+            "probed on the first start only: {lines:?}"
+        );
         let list = reqwest::get(format!("{base}/plugins/sinks")).await.unwrap();
         assert_eq!(list.status(), 200);
         child.kill().await.unwrap();

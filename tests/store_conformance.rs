@@ -579,7 +579,11 @@ async fn minio_check_names_the_problem() {
     );
     let store = minio_store(&minio, &bucket, "").await;
     store
-        .put("plugins/sinks/a.json", Bytes::from_static(b"{}"), Condition::IfNoneMatch)
+        .put(
+            "plugins/sinks/a.json",
+            Bytes::from_static(b"{}"),
+            Condition::IfNoneMatch,
+        )
         .await
         .unwrap();
     minio.stop();

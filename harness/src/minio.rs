@@ -132,7 +132,8 @@ impl Minio {
     /// Starts the server again on the same port and data.
     pub fn restart(&self) {
         self.stop();
-        self.launch().unwrap_or_else(|e| panic!("MinIO did not restart: {e}"));
+        self.launch()
+            .unwrap_or_else(|e| panic!("MinIO did not restart: {e}"));
     }
 
     /// `http://127.0.0.1:PORT`.

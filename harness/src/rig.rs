@@ -115,11 +115,7 @@ fn build(dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        panic!(
-            "{} failed ({}):\n{log}",
-            script.display(),
-            out.status
-        );
+        panic!("{} failed ({}):\n{log}", script.display(), out.status);
     }
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "rig ready in {}:\n{log}", dir.display());

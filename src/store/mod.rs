@@ -177,7 +177,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a key only if it exists with entity tag `etag`, atomically:
     /// fails with [`StoreError::PreconditionFailed`] when it is absent or has
     /// another tag (then nothing is deleted). Of concurrent conditional
-    /// deletes of one version, exactly one succeeds.
+    /// deletes of one version, exactly one succeeds. (An S3 store whose
+    /// server ignores `If-Match` on DeleteObject does it with a deletion
+    /// marker, see [`s3::markers`].)
     fn delete_if(
         &self,
         key: &str,

@@ -26,8 +26,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    check_small, keys, Condition, ETag, Listed, Object, Store, StoreError, Unfinished,
-    UploadChunk,
+    check_small, keys, Condition, ETag, Listed, Object, Store, StoreError, Unfinished, UploadChunk,
 };
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 

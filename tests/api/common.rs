@@ -140,7 +140,10 @@ impl TestEnv {
 
     /// Reads the object `key` through the store, behind the service's back.
     pub async fn read_object(&self, key: &str) -> Option<Vec<u8>> {
-        let out = self.tmp.path().join(format!("read-{}", uuid::Uuid::new_v4()));
+        let out = self
+            .tmp
+            .path()
+            .join(format!("read-{}", uuid::Uuid::new_v4()));
         let found = match self.backend {
             Backend::Local => self.local_store().get_to_file(key, &out).await,
             Backend::S3 | Backend::Minio => self.s3_store().await.get_to_file(key, &out).await,

@@ -367,7 +367,10 @@ async fn corpus(backend: Backend) {
         assert!(env.list(ty).await.is_empty());
     }
     assert!(
-        env.stored_files().await.iter().all(|f| f.contains("blobs/")),
+        env.stored_files()
+            .await
+            .iter()
+            .all(|f| f.contains("blobs/")),
         "{:?}",
         env.stored_files().await
     );

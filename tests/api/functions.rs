@@ -64,7 +64,8 @@ async fn clash_changes_nothing(env: TestEnv) {
         201
     );
     let before_files = env
-        .stored_files().await
+        .stored_files()
+        .await
         .into_iter()
         .filter(|f| !f.contains("blobs/"))
         .collect::<Vec<_>>();
@@ -82,7 +83,8 @@ async fn clash_changes_nothing(env: TestEnv) {
     );
     assert_eq!(env.get("/plugins/udfs/misc").await.status, 404);
     let after_files = env
-        .stored_files().await
+        .stored_files()
+        .await
         .into_iter()
         .filter(|f| !f.contains("blobs/"))
         .collect::<Vec<_>>();

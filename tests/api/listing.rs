@@ -146,7 +146,10 @@ async fn list_survives_a_lost_or_unreadable_index(env: TestEnv) {
     delete_object(&env, "index/functions.json").await;
     env.create_ok("functions", "f3").await;
     assert_eq!(env.list("functions").await, ["f1", "f2", "f3"]);
-    assert_eq!(index(&env, "functions").await["names"], json!(["f1", "f2", "f3"]));
+    assert_eq!(
+        index(&env, "functions").await["names"],
+        json!(["f1", "f2", "f3"])
+    );
 }
 
 /// Many creates and deletes of several names at once: afterwards the list is

@@ -30,7 +30,11 @@ async fn assert_refused(env: &TestEnv, ty: &str, body: serde_json::Value, expect
         msg.contains(expected),
         "{body}:\n  got      {msg}\n  expected {expected}"
     );
-    assert_eq!(env.stored_files().await, before, "nothing is stored for {body}");
+    assert_eq!(
+        env.stored_files().await,
+        before,
+        "nothing is stored for {body}"
+    );
 }
 
 async fn bad_names_are_refused(env: TestEnv) {

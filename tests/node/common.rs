@@ -220,7 +220,9 @@ impl Env {
             None => self.local_store().get(key).await,
         }
         .unwrap_or_else(|e| panic!("read {key}: {e}"));
-        obj.unwrap_or_else(|| panic!("{key} is not stored")).body.to_vec()
+        obj.unwrap_or_else(|| panic!("{key} is not stored"))
+            .body
+            .to_vec()
     }
 
     /// Writes `body` at `key` through the store, behind the registry's back
@@ -539,7 +541,10 @@ macro_rules! on_both_stores {
 
 /// How the service and the node reach the harness bucket or MinIO's (key
 /// prefix `registry`); `None` for the local store.
-fn s3_settings(s3: &Option<S3Server>, minio: &Option<(&'static Minio, String)>) -> Option<S3Settings> {
+fn s3_settings(
+    s3: &Option<S3Server>,
+    minio: &Option<(&'static Minio, String)>,
+) -> Option<S3Settings> {
     Some(match (s3, minio) {
         (Some(s3), _) => S3Settings {
             bucket: s3.bucket().to_string(),

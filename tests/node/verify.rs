@@ -23,7 +23,8 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
         .unwrap()
         .to_string();
     let blob = env.blob_key("sinks", "print").await;
-    env.write_object(&blob, so_zip("Print.so", lib("echo"))).await;
+    env.write_object(&blob, so_zip("Print.so", lib("echo")))
+        .await;
 
     let run = env.run_once(&[]).await;
     run.assert_failed();
@@ -45,7 +46,8 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
     // Once the store holds the right zip again, the next run installs it.
     let original = env.meta("sinks", "print").await;
     assert_eq!(original["sha256"], sha.as_str());
-    env.write_object(&blob, so_zip("Print.so", lib("print"))).await;
+    env.write_object(&blob, so_zip("Print.so", lib("print")))
+        .await;
     let again = env.run_once(&[]).await;
     again.assert_ok();
     assert_eq!(again.list("installed"), ["sinks/print@"]);
@@ -126,7 +128,8 @@ async fn damaged_entry_installs_nothing(env: Env) {
     zip[data_start + compressed / 2] ^= 0x55;
     env.write_object(&blob, zip.clone()).await;
     let meta_key = "plugins/sinks/print.json";
-    let mut meta: serde_json::Value = serde_json::from_slice(&env.read_object(meta_key).await).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&env.read_object(meta_key).await).unwrap();
     meta["sha256"] = json!(hex::encode(sha2::Sha256::digest(&zip)));
     meta["size"] = json!(zip.len());
     env.write_object(meta_key, meta.to_string()).await;

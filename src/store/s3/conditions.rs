@@ -202,8 +202,7 @@ impl S3Store {
         };
         Ok(StoreConditions {
             check: CHECK_VERSION,
-            checked_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
+            checked_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             if_none_match,
             if_match: refuses_other_tag && accepts_current_tag,
             delete_if_match,

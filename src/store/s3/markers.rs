@@ -42,10 +42,7 @@ const MARKER_HANDLE: &str = "deletion-marker ";
 
 /// A fresh marker's body: unique, so that two markers of one key have two tags.
 fn marker_body() -> Bytes {
-    Bytes::from(format!(
-        "{MARKER_TEXT}{}\n",
-        uuid::Uuid::new_v4().simple()
-    ))
+    Bytes::from(format!("{MARKER_TEXT}{}\n", uuid::Uuid::new_v4().simple()))
 }
 
 /// Whether user metadata marks a deletion marker.
@@ -190,10 +187,7 @@ impl S3Store {
     /// Removes an unfinished marker, if it is still the one listed, by the
     /// same two steps as a delete: a create that replaced it meanwhile stays.
     /// `None` when the handle is not a marker's.
-    pub(super) async fn abort_marker(
-        &self,
-        upload: &Unfinished,
-    ) -> Option<Result<(), StoreError>> {
+    pub(super) async fn abort_marker(&self, upload: &Unfinished) -> Option<Result<(), StoreError>> {
         let (full, id) = &upload.handle;
         let etag = id.strip_prefix(MARKER_HANDLE)?;
         Some(match self.put_marker(full, etag).await {
