@@ -402,14 +402,10 @@ pub fn plugin_zip(ty: &str, name: &str, so_name: &str) -> Vec<u8> {
 }
 
 /// Runs each listed scenario `async fn name(env: TestEnv)` against every
-/// store: local, the in-process S3 server and MinIO. Scenarios after
-/// `; not_on_minio:` skip the MinIO module (the call site says why).
+/// store: local, the in-process S3 server and MinIO.
 #[macro_export]
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
-        $crate::both_stores!($($name),* ; not_on_minio:);
-    };
-    ($($name:ident),* ; not_on_minio: $($local_and_s3:ident),* $(,)?) => {
         mod minio_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,9 +415,6 @@ macro_rules! both_stores {
                 }
             )*
         }
-        $crate::both_stores!(@local_and_s3 $($name,)* $($local_and_s3,)*);
-    };
-    (@local_and_s3 $($name:ident,)*) => {
         mod local_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -501,14 +501,10 @@ pub fn so_zip(so_name: &str, so: Vec<u8>) -> Vec<u8> {
 }
 
 /// Runs each listed scenario `async fn name(env: Env)` on every store:
-/// local, the in-process S3 server and MinIO. Scenarios after
-/// `; not_on_minio:` skip the MinIO module (the call site says why).
+/// local, the in-process S3 server and MinIO.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
-        $crate::on_both_stores!($($name),* ; not_on_minio:);
-    };
-    ($($name:ident),* ; not_on_minio: $($local_and_s3:ident),* $(,)?) => {
         mod minio_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,9 +513,6 @@ macro_rules! on_both_stores {
                 }
             )*
         }
-        $crate::on_both_stores!(@local_and_s3 $($name,)* $($local_and_s3,)*);
-    };
-    (@local_and_s3 $($name:ident,)*) => {
         mod local_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
