@@ -40,6 +40,9 @@ pub struct TestEnv {
     pub s3: Option<S3Server>,
     /// The MinIO server and bucket ([`Backend::Minio`]).
     pub minio: Option<(&'static Minio, String)>,
+    /// Another endpoint to reach MinIO through (a proxy of the test's), used
+    /// from the next [`TestEnv::restart`] on.
+    pub minio_via: Option<String>,
     pub tmp: tempfile::TempDir,
     pub extra_args: Vec<String>,
     server: Option<JoinHandle<()>>,
@@ -116,6 +119,7 @@ impl TestEnv {
             callbacks: CallbackSink::start().await,
             s3,
             minio,
+            minio_via: None,
             tmp,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             server: None,
@@ -210,7 +214,7 @@ impl TestEnv {
             (None, Some((minio, bucket))) => S3Settings {
                 bucket: bucket.clone(),
                 prefix: "registry".into(),
-                endpoint: Some(minio.endpoint()),
+                endpoint: Some(self.minio_via.clone().unwrap_or_else(|| minio.endpoint())),
                 region: Some(MINIO_REGION.into()),
                 credentials: Some((MINIO_ACCESS_KEY.into(), MINIO_SECRET_KEY.into())),
                 allow_unsafe: false,

@@ -1,5 +1,6 @@
-//! MinIO stopped in the middle of a create, then started again: the create
-//! answers 503 and leaves nothing visible; the next create succeeds.
+//! MinIO stopped in the middle of a create (while the zip uploads, or just
+//! before the metadata commit), then started again: the create answers 503
+//! and leaves nothing visible; the next create of the name succeeds.
 
 use std::sync::Arc;
 
@@ -118,4 +119,98 @@ async fn minio_stopped_mid_create_is_503_and_the_next_create_succeeds() {
     assert_eq!(env.list("sinks").await, ["before", "mid"]);
     let d = env.get("/plugins/sinks/mid").await.json();
     assert_eq!(d["name"], "mid");
+}
+
+/// A TCP proxy to `minio` that stops MinIO when a request containing
+/// `trigger` (a request line) comes through, before passing it on. Returns
+/// its endpoint.
+async fn stopping_proxy(minio: &'static Minio, trigger: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = minio.endpoint().trim_start_matches("http://").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (upstream, trigger) = (upstream.clone(), trigger.clone());
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if String::from_utf8_lossy(&buf[..n]).contains(&trigger) {
+                            tokio::task::spawn_blocking(|| minio.stop()).await.unwrap();
+                            return;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minio_stopped_before_the_metadata_commit_leaves_no_plugin() {
+    let minio: &'static Minio = Box::leak(Box::new(Minio::start()));
+    let mut env = TestEnv::start_on_minio(minio).await;
+    env.create_ok("sinks", "before").await;
+    let bucket = env.minio.as_ref().unwrap().1.clone();
+    // MinIO stops as the create sends the metadata: the zip is stored, the
+    // create-only write of plugins/sinks/late.json never arrives.
+    env.minio_via = Some(
+        stopping_proxy(
+            minio,
+            format!("PUT /{bucket}/registry/plugins/sinks/late.json"),
+        )
+        .await,
+    );
+    env.restart().await;
+    let url = env.serve_plugin("sinks", "late").await;
+    let r = env
+        .post("/plugins/sinks", json!({"name": "late", "file": url}))
+        .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], 1003);
+    assert_eq!(
+        r.error_message(),
+        format!("sinks plugins create command error: {UNAVAILABLE}")
+    );
+
+    minio.restart();
+    assert_eq!(env.list("sinks").await, ["before"], "nothing half-visible");
+    assert_eq!(env.get("/plugins/sinks/late").await.status, 404);
+    let stored = env.stored_files().await;
+    assert!(
+        !stored.iter().any(|k| k.starts_with("plugins/") && k.contains("late")),
+        "no metadata: {stored:?}"
+    );
+    assert_eq!(
+        env.stored_blobs().await.len(),
+        2,
+        "the zip was stored before the commit point, and nothing points at it"
+    );
+
+    // The next create of the name succeeds (the proxy is out of the way).
+    env.minio_via = None;
+    env.restart().await;
+    env.create_ok("sinks", "late").await;
+    assert_eq!(env.list("sinks").await, ["before", "late"]);
+    assert_eq!(env.get("/plugins/sinks/late").await.json()["name"], "late");
 }
