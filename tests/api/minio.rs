@@ -198,7 +198,9 @@ async fn minio_stopped_before_the_metadata_commit_leaves_no_plugin() {
     assert_eq!(env.get("/plugins/sinks/late").await.status, 404);
     let stored = env.stored_files().await;
     assert!(
-        !stored.iter().any(|k| k.starts_with("plugins/") && k.contains("late")),
+        !stored
+            .iter()
+            .any(|k| k.starts_with("plugins/") && k.contains("late")),
         "no metadata: {stored:?}"
     );
     assert_eq!(
