@@ -92,6 +92,10 @@ pub struct ServiceConfig {
     #[arg(long, env = "KUIPER_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
 
+    /// Use an S3-compatible store that ignores conditional writes (If-None-Match, If-Match), with a warning on every start, instead of refusing to start.
+    #[arg(long, env = "KUIPER_ALLOW_UNSAFE_STORE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_unsafe_store: bool,
+
     /// Seconds SIGTERM or SIGINT waits for requests in progress before exiting (local server).
     #[arg(long, env = "KUIPER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,

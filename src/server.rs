@@ -67,22 +67,50 @@ pub async fn open_store(url: &StoreUrl) -> Result<StoreKind, String> {
     }
 }
 
-/// Opens and checks an S3 store (settings from the AWS environment).
+/// Opens and checks an S3 store for reading (settings from the AWS
+/// environment): what `kuiper-node` does. It does not check conditional
+/// requests, which only writers need ([`check_conditions`]).
 pub async fn open_s3(bucket: &str, prefix: &str) -> Result<S3Store, String> {
-    let store = connect_s3(bucket, prefix).await;
+    let store = connect_s3(bucket, prefix, false).await;
     check_store(&store).await?;
     Ok(store)
 }
 
 /// Builds the client of an S3 store without sending a request: the caller
-/// checks it ([`check_store`]), possibly while already serving.
-pub async fn connect_s3(bucket: &str, prefix: &str) -> S3Store {
+/// checks it ([`check_store`], [`check_conditions`]), possibly while
+/// already serving. `allow_unsafe` lets it write to a store that fails the
+/// check of conditional requests.
+pub async fn connect_s3(bucket: &str, prefix: &str, allow_unsafe: bool) -> S3Store {
     S3Store::new(S3Settings {
         bucket: bucket.to_string(),
         prefix: prefix.to_string(),
+        allow_unsafe,
         ..S3Settings::default()
     })
     .await
+}
+
+/// Checks that an S3 store honours the conditional writes the registry
+/// relies on (read from the bucket's record, probed once per bucket and
+/// prefix): the message names the store and the problem when it does not
+/// and the store was not allowed anyway.
+pub async fn check_conditions(store: &S3Store) -> Result<(), String> {
+    let conditions = store.conditions().await.map_err(|e| {
+        format!(
+            "store {}: cannot check its conditional requests: {e}",
+            store.location()
+        )
+    })?;
+    if let Some(why) = store.refusal(&conditions) {
+        return Err(why);
+    }
+    if !conditions.delete_if_match {
+        tracing::info!(
+            store = %store.location(),
+            "the store ignores If-Match on DeleteObject: conditional deletes write a deletion marker first"
+        );
+    }
+    Ok(())
 }
 
 /// Checks that a store is usable, with a message naming it.

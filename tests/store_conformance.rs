@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kuiper_harness::minio::{Minio, MINIO_ACCESS_KEY, MINIO_REGION, MINIO_SECRET_KEY};
 use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
 use kuiper_registry::store::local::LocalStore;
 use kuiper_registry::store::s3::{S3Settings, S3Store};
@@ -16,6 +17,7 @@ async fn s3_store(server: &S3Server, bucket: &str, prefix: &str, secret: &str) -
         endpoint: Some(server.endpoint().to_string()),
         region: Some(REGION.into()),
         credentials: Some((ACCESS_KEY.into(), secret.into())),
+        allow_unsafe: false,
     })
     .await
 }
@@ -529,4 +531,201 @@ fn local_store_refuses_unusable_directory() {
         e.to_string().contains("cannot create store directory"),
         "{e}"
     );
+}
+
+async fn minio_store(minio: &Minio, bucket: &str, prefix: &str) -> S3Store {
+    S3Store::new(S3Settings {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        endpoint: Some(minio.endpoint()),
+        region: Some(MINIO_REGION.into()),
+        credentials: Some((MINIO_ACCESS_KEY.into(), MINIO_SECRET_KEY.into())),
+        allow_unsafe: false,
+    })
+    .await
+}
+
+/// The same messages as for the in-process server: MinIO answers a missing
+/// bucket with 404 and a wrong secret with 403 (SignatureDoesNotMatch); a
+/// stopped MinIO is unavailable, and usable again once restarted.
+#[tokio::test]
+async fn minio_check_names_the_problem() {
+    let minio = Minio::start();
+    let bucket = minio.new_bucket().await;
+    let missing = minio_store(&minio, "nope", "")
+        .await
+        .check()
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("bucket nope does not exist"),
+        "{missing}"
+    );
+    let wrong = S3Store::new(S3Settings {
+        bucket: bucket.clone(),
+        prefix: String::new(),
+        endpoint: Some(minio.endpoint()),
+        region: Some(MINIO_REGION.into()),
+        credentials: Some((MINIO_ACCESS_KEY.into(), "wrong-secret".into())),
+        allow_unsafe: false,
+    })
+    .await;
+    let denied = wrong.check().await.unwrap_err();
+    assert!(
+        denied
+            .to_string()
+            .contains(&format!("access to bucket {bucket} denied")),
+        "{denied}"
+    );
+    let store = minio_store(&minio, &bucket, "").await;
+    store
+        .put(
+            "plugins/sinks/a.json",
+            Bytes::from_static(b"{}"),
+            Condition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+    minio.stop();
+    let down = store.get("plugins/sinks/a.json").await.unwrap_err();
+    assert!(matches!(down, StoreError::Unavailable(_)), "{down}");
+    let down = store.check().await.unwrap_err();
+    assert!(matches!(down, StoreError::Unavailable(_)), "{down}");
+    minio.restart();
+    assert!(store.get("plugins/sinks/a.json").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minio_store_conforms() {
+    let minio = Minio::shared();
+    let bucket = minio.new_bucket().await;
+    suite(minio_store(minio, &bucket, "").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minio_store_with_prefix_conforms() {
+    let minio = Minio::shared();
+    let bucket = minio.new_bucket().await;
+    suite(minio_store(minio, &bucket, "team/prod").await).await;
+    let listed = minio
+        .client()
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<_> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(
+        keys.contains(&"team/prod/plugins/sinks/counter.json"),
+        "keys live under the prefix: {keys:?}"
+    );
+}
+
+/// The in-process server made to ignore `If-Match` on DeleteObject, as MinIO
+/// does: the store finds it out and deletes by marker, and conforms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_store_with_deletion_markers_conforms() {
+    let server = S3Server::start("bucket").await;
+    server.ignore_delete_conditions(true);
+    let store = s3_store(&server, "bucket", "p", SECRET_KEY).await;
+    let c = store.conditions().await.unwrap();
+    assert!(c.if_none_match && c.if_match && !c.delete_if_match, "{c:?}");
+    suite(store).await;
+}
+
+/// A marker left by a delete that died between its two requests: absent to
+/// every read; a create waits for a young one and replaces a stale one;
+/// `unfinished` lists it and aborting it removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletion_markers_left_behind() {
+    use kuiper_registry::store::s3::markers::{MARKER_LEN, MARKER_META, MARKER_STALE};
+    let server = S3Server::start("bucket").await;
+    server.ignore_delete_conditions(true);
+    let store = s3_store(&server, "bucket", "", SECRET_KEY).await;
+    let key = "plugins/sinks/m.json";
+    let leave_marker = || async {
+        let body = format!("kuiper-registry deletion marker {}\n", "ab".repeat(16));
+        assert_eq!(body.len() as u64, MARKER_LEN);
+        raw_client(&server)
+            .put_object()
+            .bucket("bucket")
+            .key(key)
+            .metadata(MARKER_META, "1")
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .unwrap();
+    };
+    let age = |secs: u64| {
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(server.bucket_dir().join(key))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    };
+    store
+        .put(key, Bytes::from_static(b"v1"), Condition::IfNoneMatch)
+        .await
+        .unwrap();
+    leave_marker().await;
+    assert!(store.get(key).await.unwrap().is_none());
+    assert!(!store.exists(key).await.unwrap());
+    assert!(store.list("plugins/").await.unwrap().is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!store.get_to_file(key, &dir.path().join("m")).await.unwrap());
+    // A young marker belongs to a delete in progress: a create waits, then fails.
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        store
+            .put(key, Bytes::from_static(b"v2"), Condition::IfNoneMatch)
+            .await,
+        Err(StoreError::PreconditionFailed)
+    ));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    let listed = store.unfinished().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, format!("{key} (deletion marker)"));
+    // A stale one belongs to a dead delete: the next create replaces it.
+    age(MARKER_STALE.as_secs() + 60);
+    store
+        .put(key, Bytes::from_static(b"v2"), Condition::IfNoneMatch)
+        .await
+        .unwrap();
+    assert_eq!(&store.get(key).await.unwrap().unwrap().body[..], b"v2");
+    assert!(store.unfinished().await.unwrap().is_empty());
+    // gc aborts a marker: it is removed, and a create then writes at once.
+    leave_marker().await;
+    age(3600);
+    let listed = store.unfinished().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now - listed[0].since >= 3590, "{listed:?}");
+    store.abort_unfinished(&listed[0]).await.unwrap();
+    assert!(store.unfinished().await.unwrap().is_empty());
+    assert!(!server.bucket_dir().join(key).exists(), "removed");
+    store
+        .put(key, Bytes::from_static(b"v3"), Condition::IfNoneMatch)
+        .await
+        .unwrap();
+    // Aborting a marker already replaced by a create leaves the create alone.
+    store.abort_unfinished(&listed[0]).await.unwrap();
+    assert_eq!(&store.get(key).await.unwrap().unwrap().body[..], b"v3");
+}
+
+fn raw_client(server: &S3Server) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{Credentials, Region};
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .endpoint_url(server.endpoint())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+            .force_path_style(true)
+            .build(),
+    )
 }

@@ -11,11 +11,12 @@
 //! 412 on another tag, 404 on an absent key, as AWS S3 answers) and answers
 //! the other from the uploads it saw started and not yet completed or
 //! aborted. It can also be told to fail every request with a status, to test
-//! store outages.
+//! store outages, and to ignore conditional requests, as some S3-compatible
+//! servers do ([`S3Server::ignore_conditions`], [`S3Server::ignore_delete_conditions`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::TokioIo;
@@ -50,6 +51,10 @@ pub struct Stats {
     pub fail_with: AtomicU16,
     /// When set, PutObject of keys containing this text fails with 503.
     pub fail_puts_containing: Mutex<Option<String>>,
+    /// When set, PutObject and DeleteObject ignore `If-None-Match` and `If-Match`.
+    pub ignore_conditions: AtomicBool,
+    /// When set, DeleteObject ignores `If-Match` (as MinIO does).
+    pub ignore_delete_conditions: AtomicBool,
 }
 
 struct Serialized {
@@ -143,9 +148,13 @@ impl S3 for Serialized {
 
     async fn put_object(
         &self,
-        req: S3Request<PutObjectInput>,
+        mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.fault()?;
+        if self.stats.ignore_conditions.load(Ordering::SeqCst) {
+            req.input.if_none_match = None;
+            req.input.if_match = None;
+        }
         let doomed = self
             .stats
             .fail_puts_containing
@@ -167,9 +176,14 @@ impl S3 for Serialized {
 
     async fn delete_object(
         &self,
-        req: S3Request<DeleteObjectInput>,
+        mut req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.fault()?;
+        if self.stats.ignore_conditions.load(Ordering::SeqCst)
+            || self.stats.ignore_delete_conditions.load(Ordering::SeqCst)
+        {
+            req.input.if_match = None;
+        }
         self.stats.deletes.fetch_add(1, Ordering::Relaxed);
         let lock = self.lock_for(&req.input.bucket, &req.input.key);
         let _guard = lock.lock().await;
@@ -421,6 +435,20 @@ impl S3Server {
     /// a store that fails in the middle of a request.
     pub fn fail_puts_containing(&self, needle: Option<&str>) {
         *self.stats.fail_puts_containing.lock().expect("fault lock") = needle.map(str::to_string);
+    }
+
+    /// Makes PutObject and DeleteObject ignore `If-None-Match` and `If-Match`
+    /// (`false` heals): an S3-compatible store on which two creates of one
+    /// key could both win.
+    pub fn ignore_conditions(&self, ignore: bool) {
+        self.stats.ignore_conditions.store(ignore, Ordering::SeqCst);
+    }
+
+    /// Makes DeleteObject ignore `If-Match` (`false` heals), as MinIO does.
+    pub fn ignore_delete_conditions(&self, ignore: bool) {
+        self.stats
+            .ignore_delete_conditions
+            .store(ignore, Ordering::SeqCst);
     }
 
     /// Stops accepting connections (the endpoint then refuses them).

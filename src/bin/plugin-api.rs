@@ -94,10 +94,12 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
     // failed probe still stops the process with a clear message.
     let (app, location, probe) = match config.store_url()? {
         StoreUrl::S3 { bucket, prefix } => {
-            let s = server::connect_s3(&bucket, &prefix).await;
+            let s = server::connect_s3(&bucket, &prefix, config.allow_unsafe_store).await;
             let probe = s.clone();
-            let probe: BoxFuture<'static, Result<(), String>> =
-                Box::pin(async move { server::check_store(&probe).await });
+            let probe: BoxFuture<'static, Result<(), String>> = Box::pin(async move {
+                server::check_store(&probe).await?;
+                server::check_conditions(&probe).await
+            });
             (server::build_app(s.clone(), &config)?, s.location(), probe)
         }
         url => {
@@ -154,13 +156,19 @@ async fn run(config: ServiceConfig, lambda: bool) -> Result<(), String> {
 
 async fn gc(config: ServiceConfig, min_age_secs: u64, dry_run: bool) -> Result<(), String> {
     let min_age = std::time::Duration::from_secs(min_age_secs);
-    let report = match server::open_store(&config.store_url()?).await? {
-        StoreKind::Local(s) => {
+    let report = match config.store_url()? {
+        StoreUrl::S3 { bucket, prefix } => {
+            let s = server::connect_s3(&bucket, &prefix, config.allow_unsafe_store).await;
+            server::check_store(&s).await?;
+            server::check_conditions(&s).await?;
             server::build_registry(s, &config)?
                 .gc(min_age, dry_run)
                 .await
         }
-        StoreKind::S3(s) => {
+        url => {
+            let StoreKind::Local(s) = server::open_store(&url).await? else {
+                unreachable!("only S3 URLs open an S3 store")
+            };
             server::build_registry(s, &config)?
                 .gc(min_age, dry_run)
                 .await

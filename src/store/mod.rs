@@ -56,11 +56,13 @@ pub enum UploadChunk {
 
 /// An upload that was started and never completed nor aborted, left by a
 /// process that died part-way: a partial object in the local store's
-/// temporary folder, an incomplete multipart upload on S3. Listings of keys
-/// never show one; [`Store::unfinished`] does.
+/// temporary folder, an incomplete multipart upload on S3, or a deletion
+/// marker of an S3 store without conditional deletes (`store::s3::markers`).
+/// Listings of keys never show one; [`Store::unfinished`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unfinished {
-    /// What it is, for reports: `.tmp/obj-...` (local), `{key} (upload {id})` (S3).
+    /// What it is, for reports: `.tmp/obj-...` (local), `{key} (upload {id})`
+    /// or `{key} (deletion marker)` (S3).
     pub name: String,
     /// When it was last written (local) or started (S3), seconds since the Unix epoch.
     pub since: u64,
@@ -175,7 +177,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a key only if it exists with entity tag `etag`, atomically:
     /// fails with [`StoreError::PreconditionFailed`] when it is absent or has
     /// another tag (then nothing is deleted). Of concurrent conditional
-    /// deletes of one version, exactly one succeeds.
+    /// deletes of one version, exactly one succeeds. (An S3 store whose
+    /// server ignores `If-Match` on DeleteObject does it with a deletion
+    /// marker, see [`s3::markers`].)
     fn delete_if(
         &self,
         key: &str,
@@ -288,6 +292,14 @@ pub mod keys {
     pub fn udf(function: &str) -> String {
         format!("{UDFS_PREFIX}{}.json", function.to_ascii_lowercase())
     }
+
+    /// Prefix of the store's own objects (`.kuiper/`), never listed: the
+    /// record of the store check and its probes. No plugin key starts with `.`.
+    pub const RESERVED_PREFIX: &str = ".kuiper/";
+
+    /// The record of the check of a store's conditional requests
+    /// (`.kuiper/store-check.json`, see `store::s3::conditions`).
+    pub const STORE_CHECK: &str = ".kuiper/store-check.json";
 
     /// Prefix where earlier versions staged zips while checking them
     /// (`uploads/{id}.zip`); `gc` still clears what they left behind.

@@ -2,9 +2,14 @@
 //!
 //! Create-only writes send `If-None-Match: *`, compare-and-swap writes send
 //! `If-Match: <etag>`; both are atomic on AWS S3 and MinIO. Conditional
-//! deletes send `If-Match` on DeleteObject (AWS S3 supports it; MinIO is to
-//! be checked). Unfinished uploads are the bucket's incomplete multipart
-//! uploads under the prefix (ListMultipartUploads). With a custom
+//! deletes send `If-Match` on DeleteObject where the store honours it (AWS
+//! S3), and write a deletion marker first where it does not (MinIO; see
+//! [`markers`]); which is which, and whether the store honours conditional
+//! writes at all, is checked once per bucket ([`conditions`]) before the
+//! first conditional request. Unfinished uploads are the bucket's incomplete
+//! multipart uploads under the prefix (ListMultipartUploads), plus deletion
+//! markers a dead process left. Keys under [`keys::RESERVED_PREFIX`] are
+//! never listed. With a custom
 //! endpoint the client uses path-style addressing, and checksums are only sent
 //! or checked where the API requires them, so servers without the newest
 //! checksum headers still work.
@@ -21,12 +26,15 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    check_small, Condition, ETag, Listed, Object, Store, StoreError, Unfinished, UploadChunk,
+    check_small, keys, Condition, ETag, Listed, Object, Store, StoreError, Unfinished, UploadChunk,
 };
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 mod client;
+pub mod conditions;
+pub mod markers;
 use client::build_client;
+pub use conditions::StoreConditions;
 
 /// How to reach the bucket. Unset fields come from the standard AWS
 /// environment (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL_S3`, ...).
@@ -42,6 +50,9 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// Static access key id and secret.
     pub credentials: Option<(String, String)>,
+    /// Use a store that fails the check of conditional requests
+    /// ([`S3Store::conditions`]) anyway, with a warning, instead of refusing it.
+    pub allow_unsafe: bool,
 }
 
 /// A store in an S3 bucket.
@@ -50,6 +61,8 @@ pub struct S3Store {
     /// Built on first use: building it loads the AWS configuration and the
     /// system's trust store, which would otherwise delay every cold start.
     client: Arc<OnceCell<Client>>,
+    /// What the store does with conditional requests, known on first need.
+    conditions: Arc<OnceCell<StoreConditions>>,
     settings: Arc<S3Settings>,
     bucket: String,
     prefix: String,
@@ -61,6 +74,7 @@ impl S3Store {
     pub async fn new(settings: S3Settings) -> Self {
         S3Store {
             client: Arc::new(OnceCell::new()),
+            conditions: Arc::new(OnceCell::new()),
             bucket: settings.bucket.clone(),
             prefix: settings.prefix.clone(),
             settings: Arc::new(settings),
@@ -92,7 +106,7 @@ impl S3Store {
 }
 
 impl S3Store {
-    /// GetObject; `None` when the key is absent.
+    /// GetObject; `None` when the key is absent (or holds a deletion marker).
     async fn get_object(
         &self,
         key: &str,
@@ -106,10 +120,112 @@ impl S3Store {
             .send()
             .await
         {
+            Ok(o) if markers::is_marker(o.metadata()) => Ok(None),
             Ok(o) => Ok(Some(o)),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(map_err("get object", e)),
         }
+    }
+
+    /// PutObject of a small object under a precondition, without the check
+    /// of conditional requests.
+    async fn put_object_unguarded(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<(), StoreError> {
+        let mut req = self
+            .client()
+            .await
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let if_match = matches!(condition, Condition::IfMatch(_));
+        req = match condition {
+            Condition::None => req,
+            Condition::IfNoneMatch => req.if_none_match("*"),
+            Condition::IfMatch(ETag(etag)) => req.if_match(etag),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            // AWS S3 answers 404 to If-Match on an absent key.
+            Err(e) if if_match && status(&e) == Some(404) => Err(StoreError::PreconditionFailed),
+            Err(e) => Err(map_err("put object", e)),
+        }
+    }
+
+    /// DeleteObject with `If-Match`, as the store handles it.
+    async fn delete_object_if(&self, key: &str, etag: &ETag) -> Result<(), StoreError> {
+        // AWS S3 answers 412 when the tag differs and 404 when the key is
+        // absent; either way nothing was deleted.
+        match self
+            .client()
+            .await
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .if_match(&etag.0)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Err(StoreError::PreconditionFailed),
+            Err(e) => Err(map_err("delete object", e)),
+        }
+    }
+
+    /// DeleteObject of the full key `full`; an absent key is not an error.
+    async fn delete_unconditional(&self, full: &str) -> Result<(), StoreError> {
+        match self
+            .client()
+            .await
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(map_err("delete object", e)),
+        }
+    }
+
+    /// Every key under `prefix` but the reserved ones, markers included.
+    async fn list_raw(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let mut pages = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.key(prefix))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_err("list objects", e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key().and_then(|k| self.unprefix(k)) else {
+                    continue;
+                };
+                if key.starts_with(keys::RESERVED_PREFIX) {
+                    continue;
+                }
+                out.push(Listed {
+                    key: key.to_string(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    modified: obj.last_modified().map_or(0, |t| t.secs().max(0) as u64),
+                    etag: obj.e_tag().map(|t| ETag(t.to_string())),
+                });
+            }
+        }
+        // S3 lists in UTF-8 binary order; sorted here as well, so every
+        // backend answers in one order whatever the server does.
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 }
 
@@ -371,21 +487,29 @@ impl Store for S3Store {
 
     async fn put(&self, key: &str, body: Bytes, condition: Condition) -> Result<(), StoreError> {
         check_small(key, body.len() as u64)?;
-        let mut req = self
-            .client()
+        if condition != Condition::None {
+            // A store that ignores conditions is refused before its first
+            // conditional write (the record is read once per process).
+            self.safe_conditions().await?;
+        }
+        let create = condition == Condition::IfNoneMatch;
+        match self
+            .put_object_unguarded(key, body.clone(), condition)
             .await
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        req = match condition {
-            Condition::None => req,
-            Condition::IfNoneMatch => req.if_none_match("*"),
-            Condition::IfMatch(ETag(etag)) => req.if_match(etag),
-        };
-        req.send().await.map_err(|e| map_err("put object", e))?;
-        Ok(())
+        {
+            // What is there may be a deletion marker: absent to readers.
+            Err(StoreError::PreconditionFailed) if create => {
+                self.create_over_marker(key, |marker| {
+                    let condition = match marker {
+                        Some(etag) => Condition::IfMatch(ETag(etag)),
+                        None => Condition::IfNoneMatch,
+                    };
+                    self.put_object_unguarded(key, body.clone(), condition)
+                })
+                .await
+            }
+            other => other,
+        }
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StoreError> {
@@ -507,62 +631,28 @@ impl Store for S3Store {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        match self
-            .client()
-            .await
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if status(&e) == Some(404) => Ok(false),
-            Err(e) => Err(map_err("head object", e)),
-        }
+        Ok(matches!(
+            self.at_key(&self.key(key)).await?,
+            markers::AtKey::Object
+        ))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self
-            .client()
-            .await
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if status(&e) == Some(404) => Ok(()),
-            Err(e) => Err(map_err("delete object", e)),
-        }
+        self.delete_unconditional(&self.key(key)).await
     }
 
     async fn delete_if(&self, key: &str, etag: &ETag) -> Result<(), StoreError> {
-        // AWS S3 answers 412 when the tag differs and 404 when the key is
-        // absent; either way nothing was deleted.
-        match self
-            .client()
-            .await
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .if_match(&etag.0)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if status(&e) == Some(404) => Err(StoreError::PreconditionFailed),
-            Err(e) => Err(map_err("delete object", e)),
+        if self.safe_conditions().await?.delete_if_match {
+            self.delete_object_if(key, etag).await
+        } else {
+            self.delete_by_marker(key, &etag.0).await
         }
     }
 
     async fn unfinished(&self) -> Result<Vec<Unfinished>, StoreError> {
-        let prefix = if self.prefix.is_empty() {
-            None
-        } else {
-            Some(format!("{}/", self.prefix))
-        };
+        // The whole bucket's uploads, filtered here: MinIO takes the prefix
+        // of ListMultipartUploads for a whole key and lists nothing under a
+        // key prefix (AWS S3 filters by it).
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         let mut out = Vec::new();
         loop {
@@ -571,7 +661,6 @@ impl Store for S3Store {
                 .await
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .set_prefix(prefix.clone())
                 .set_key_marker(key_marker.take())
                 .set_upload_id_marker(id_marker.take())
                 .send()
@@ -600,11 +689,17 @@ impl Store for S3Store {
                 break;
             }
         }
+        if !self.safe_conditions().await?.delete_if_match {
+            out.extend(self.unfinished_markers().await?);
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     async fn abort_unfinished(&self, upload: &Unfinished) -> Result<(), StoreError> {
+        if let Some(done) = self.abort_marker(upload).await {
+            return done;
+        }
         let (key, id) = &upload.handle;
         match self
             .client()
@@ -623,30 +718,19 @@ impl Store for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        let mut pages = self
-            .client()
-            .await
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(self.key(prefix))
-            .into_paginator()
-            .send();
         let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| map_err("list objects", e))?;
-            for obj in page.contents() {
-                let Some(key) = obj.key().and_then(|k| self.unprefix(k)) else {
-                    continue;
-                };
-                out.push(Listed {
-                    key: key.to_string(),
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    modified: obj.last_modified().map_or(0, |t| t.secs().max(0) as u64),
-                    etag: obj.e_tag().map(|t| ETag(t.to_string())),
-                });
+        for listed in self.list_raw(prefix).await? {
+            // Only an object of a marker's size can be one; a HEAD tells.
+            if listed.size == markers::MARKER_LEN
+                && matches!(
+                    self.at_key(&self.key(&listed.key)).await?,
+                    markers::AtKey::Marker(..)
+                )
+            {
+                continue;
             }
+            out.push(listed);
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 }

@@ -1,10 +1,12 @@
-//! Shared set-up: a real `plugin-api` router served on 127.0.0.1:0 over either
-//! store, a wiremock file host and callback sink, and an HTTP client.
+//! Shared set-up: a real `plugin-api` router served on 127.0.0.1:0 over a
+//! local store, the in-process S3 server or MinIO, a wiremock file host and
+//! callback sink, and an HTTP client.
 
 use std::path::PathBuf;
 
 use kuiper_harness::callbacks::CallbackSink;
 use kuiper_harness::files::FileHost;
+use kuiper_harness::minio::{Minio, MINIO_ACCESS_KEY, MINIO_REGION, MINIO_SECRET_KEY};
 use kuiper_harness::plugins::example_so;
 use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
 use kuiper_harness::zips::ZipBuilder;
@@ -13,14 +15,19 @@ use kuiper_registry::package::uc_first;
 use kuiper_registry::server::build_app;
 use kuiper_registry::store::local::LocalStore;
 use kuiper_registry::store::s3::{S3Settings, S3Store};
+use kuiper_registry::store::{Condition, Store};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
 /// Which store the service runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A local store directory.
     Local,
+    /// The in-process S3 server (fault injection, request counters).
     S3,
+    /// A bucket of the test binary's MinIO server ([`Minio::shared`]).
+    Minio,
 }
 
 /// A running service and its peers.
@@ -31,6 +38,11 @@ pub struct TestEnv {
     pub files: FileHost,
     pub callbacks: CallbackSink,
     pub s3: Option<S3Server>,
+    /// The MinIO server and bucket ([`Backend::Minio`]).
+    pub minio: Option<(&'static Minio, String)>,
+    /// Another endpoint to reach MinIO through (a proxy of the test's), used
+    /// from the next [`TestEnv::restart`] on.
+    pub minio_via: Option<String>,
     pub tmp: tempfile::TempDir,
     pub extra_args: Vec<String>,
     server: Option<JoinHandle<()>>,
@@ -70,10 +82,31 @@ impl TestEnv {
     }
 
     pub async fn start_with(backend: Backend, extra_args: &[&str]) -> Self {
+        Self::start_inner(backend, extra_args, Minio::shared).await
+    }
+
+    /// A service on a fresh bucket of `minio`, a server of the test's own
+    /// (one it may stop and restart).
+    pub async fn start_on_minio(minio: &'static Minio) -> Self {
+        Self::start_inner(Backend::Minio, &[], || minio).await
+    }
+
+    async fn start_inner(
+        backend: Backend,
+        extra_args: &[&str],
+        minio_server: impl FnOnce() -> &'static Minio,
+    ) -> Self {
         let tmp = tempfile::tempdir().expect("tmp");
         let s3 = match backend {
             Backend::S3 => Some(S3Server::start("plugins").await),
-            Backend::Local => None,
+            Backend::Local | Backend::Minio => None,
+        };
+        let minio = match backend {
+            Backend::Minio => {
+                let server = minio_server();
+                Some((server, server.new_bucket().await))
+            }
+            Backend::Local | Backend::S3 => None,
         };
         let mut env = TestEnv {
             backend,
@@ -85,6 +118,8 @@ impl TestEnv {
             files: FileHost::start().await,
             callbacks: CallbackSink::start().await,
             s3,
+            minio,
+            minio_via: None,
             tmp,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             server: None,
@@ -93,7 +128,8 @@ impl TestEnv {
         env
     }
 
-    /// The local store root, or the S3 server's bucket directory: where the objects are.
+    /// The local store root, or the in-process S3 server's bucket directory:
+    /// where the objects are (not for MinIO: use the object helpers below).
     pub fn objects_dir(&self) -> PathBuf {
         match &self.s3 {
             Some(s3) => s3.bucket_dir(),
@@ -101,12 +137,47 @@ impl TestEnv {
         }
     }
 
-    /// The file holding the object `key` (the S3 store uses the key prefix `registry/`).
-    pub fn object_path(&self, key: &str) -> PathBuf {
-        match &self.s3 {
-            Some(s3) => s3.bucket_dir().join("registry").join(key),
-            None => self.tmp.path().join("store").join(key),
+    /// The local store the service runs on ([`Backend::Local`]).
+    pub fn local_store(&self) -> LocalStore {
+        LocalStore::new(self.tmp.path().join("store")).expect("local store")
+    }
+
+    /// Reads the object `key` through the store, behind the service's back.
+    pub async fn read_object(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self
+            .tmp
+            .path()
+            .join(format!("read-{}", uuid::Uuid::new_v4()));
+        let found = match self.backend {
+            Backend::Local => self.local_store().get_to_file(key, &out).await,
+            Backend::S3 | Backend::Minio => self.s3_store().await.get_to_file(key, &out).await,
         }
+        .unwrap_or_else(|e| panic!("read {key}: {e}"));
+        let bytes = found.then(|| std::fs::read(&out).expect("read back"));
+        let _ = std::fs::remove_file(&out);
+        bytes
+    }
+
+    /// Writes `body` at `key` through the store, as an earlier version, an
+    /// operator or a dying process would have left it.
+    pub async fn write_object(&self, key: &str, body: Vec<u8>) {
+        let body = bytes::Bytes::from(body);
+        match self.backend {
+            Backend::Local => self.local_store().put(key, body, Condition::None).await,
+            Backend::S3 | Backend::Minio => {
+                self.s3_store().await.put(key, body, Condition::None).await
+            }
+        }
+        .unwrap_or_else(|e| panic!("write {key}: {e}"));
+    }
+
+    /// Deletes `key` through the store, behind the service's back.
+    pub async fn delete_object(&self, key: &str) {
+        match self.backend {
+            Backend::Local => self.local_store().delete(key).await,
+            Backend::S3 | Backend::Minio => self.s3_store().await.delete(key).await,
+        }
+        .unwrap_or_else(|e| panic!("delete {key}: {e}"));
     }
 
     pub fn config(&self) -> ServiceConfig {
@@ -128,16 +199,29 @@ impl TestEnv {
         ServiceConfig::from_args(args).expect("config")
     }
 
+    /// A client of the S3 store the service runs on (the in-process server
+    /// or MinIO), key prefix `registry`.
     pub async fn s3_store(&self) -> S3Store {
-        let s3 = self.s3.as_ref().expect("s3 backend");
-        S3Store::new(S3Settings {
-            bucket: s3.bucket().to_string(),
-            prefix: "registry".into(),
-            endpoint: Some(s3.endpoint().to_string()),
-            region: Some(REGION.into()),
-            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-        })
-        .await
+        let settings = match (&self.s3, &self.minio) {
+            (Some(s3), _) => S3Settings {
+                bucket: s3.bucket().to_string(),
+                prefix: "registry".into(),
+                endpoint: Some(s3.endpoint().to_string()),
+                region: Some(REGION.into()),
+                credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+                allow_unsafe: false,
+            },
+            (None, Some((minio, bucket))) => S3Settings {
+                bucket: bucket.clone(),
+                prefix: "registry".into(),
+                endpoint: Some(self.minio_via.clone().unwrap_or_else(|| minio.endpoint())),
+                region: Some(MINIO_REGION.into()),
+                credentials: Some((MINIO_ACCESS_KEY.into(), MINIO_SECRET_KEY.into())),
+                allow_unsafe: false,
+            },
+            (None, None) => panic!("not an S3 backend"),
+        };
+        S3Store::new(settings).await
     }
 
     async fn launch(&mut self) {
@@ -148,7 +232,7 @@ impl TestEnv {
                 LocalStore::new(self.tmp.path().join("store")).expect("local store"),
                 &config,
             ),
-            Backend::S3 => build_app(self.s3_store().await, &config),
+            Backend::S3 | Backend::Minio => build_app(self.s3_store().await, &config),
         }
         .expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -255,8 +339,20 @@ impl TestEnv {
         serde_json::from_str(&r.body).expect("list json")
     }
 
-    /// Every file under the store's objects directory (relative paths), sorted.
-    pub fn stored_files(&self) -> Vec<String> {
+    /// Every object of the store (keys without the S3 prefix, the local
+    /// store's own `.tmp/` left out), sorted.
+    pub async fn stored_files(&self) -> Vec<String> {
+        if self.backend != Backend::Local {
+            return self
+                .s3_store()
+                .await
+                .list("")
+                .await
+                .expect("list the store")
+                .into_iter()
+                .map(|l| l.key)
+                .collect();
+        }
         let root = self.objects_dir();
         let mut out = Vec::new();
         let mut stack = vec![root.clone()];
@@ -281,11 +377,12 @@ impl TestEnv {
         out
     }
 
-    /// Stored zips (under `blobs/`).
-    pub fn stored_blobs(&self) -> Vec<String> {
+    /// Stored zips (keys under `blobs/`).
+    pub async fn stored_blobs(&self) -> Vec<String> {
         self.stored_files()
+            .await
             .into_iter()
-            .filter(|f| f.starts_with("blobs/") || f.starts_with("registry/blobs/"))
+            .filter(|f| f.starts_with("blobs/"))
             .collect()
     }
 }
@@ -308,10 +405,20 @@ pub fn plugin_zip(ty: &str, name: &str, so_name: &str) -> Vec<u8> {
     z.build()
 }
 
-/// Runs each listed scenario `async fn name(env: TestEnv)` against both stores.
+/// Runs each listed scenario `async fn name(env: TestEnv)` against every
+/// store: local, the in-process S3 server and MinIO.
 #[macro_export]
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
+        mod minio_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let env = $crate::common::TestEnv::start($crate::common::Backend::Minio).await;
+                    super::$name(env).await;
+                }
+            )*
+        }
         mod local_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

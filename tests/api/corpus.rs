@@ -367,9 +367,12 @@ async fn corpus(backend: Backend) {
         assert!(env.list(ty).await.is_empty());
     }
     assert!(
-        env.stored_files().iter().all(|f| f.contains("blobs/")),
-        "{:?}",
         env.stored_files()
+            .await
+            .iter()
+            .all(|f| f.contains("blobs/")),
+        "{:?}",
+        env.stored_files().await
     );
     let leftovers: Vec<_> = std::fs::read_dir(env.tmp.path())
         .unwrap()

@@ -161,7 +161,7 @@ async fn create_stores_each_zip_under_its_own_key(env: TestEnv) {
         .post("/plugins/functions", json!({"name": "a1", "file": url}))
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let blobs = env.stored_blobs();
+    let blobs = env.stored_blobs().await;
     assert_eq!(blobs.len(), 2, "{blobs:?}");
     use sha2::Digest;
     let sink = env.get("/plugins/sinks/a1").await.json();
@@ -175,7 +175,7 @@ async fn create_stores_each_zip_under_its_own_key(env: TestEnv) {
             blobs.iter().any(|b| b.ends_with(blob)),
             "{blob} in {blobs:?}"
         );
-        let bytes = std::fs::read(env.object_path(blob)).unwrap();
+        let bytes = env.read_object(blob).await.expect("the zip is stored");
         assert_eq!(
             hex::encode(sha2::Sha256::digest(&bytes)),
             d["sha256"].as_str().unwrap(),

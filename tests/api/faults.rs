@@ -50,7 +50,7 @@ async fn s3_failure_mid_create_leaves_no_plugin() {
         .await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(
-        env.stored_blobs().len(),
+        env.stored_blobs().await.len(),
         1,
         "the zip was written before the commit point"
     );
@@ -86,9 +86,9 @@ async fn s3_failure_mid_create_leaves_no_plugin() {
     let report = registry.gc(std::time::Duration::ZERO, false).await.unwrap();
     assert_eq!(report.blobs_removed.len(), 2, "{report:?}");
     assert_eq!(report.blobs_referenced, 1);
-    assert_eq!(env.stored_blobs().len(), 1);
+    assert_eq!(env.stored_blobs().await.len(), 1);
     let d = env.get("/plugins/sinks/mid").await.json();
-    assert!(env.stored_blobs()[0].ends_with(d["blob"].as_str().unwrap()));
+    assert!(env.stored_blobs().await[0].ends_with(d["blob"].as_str().unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

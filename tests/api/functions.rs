@@ -65,6 +65,7 @@ async fn clash_changes_nothing(env: TestEnv) {
     );
     let before_files = env
         .stored_files()
+        .await
         .into_iter()
         .filter(|f| !f.contains("blobs/"))
         .collect::<Vec<_>>();
@@ -83,6 +84,7 @@ async fn clash_changes_nothing(env: TestEnv) {
     assert_eq!(env.get("/plugins/udfs/misc").await.status, 404);
     let after_files = env
         .stored_files()
+        .await
         .into_iter()
         .filter(|f| !f.contains("blobs/"))
         .collect::<Vec<_>>();

@@ -21,9 +21,9 @@ async fn refused(env: &TestEnv, file: &str, expected: &str) {
         "{file}:\n  got      {msg}\n  expected {expected}"
     );
     assert!(
-        env.stored_files().is_empty(),
+        env.stored_files().await.is_empty(),
         "nothing stored: {:?}",
-        env.stored_files()
+        env.stored_files().await
     );
     assert!(env.list("sinks").await.is_empty());
 }
@@ -58,7 +58,7 @@ async fn download_limits_and_faults(backend: Backend) {
         .post("/plugins/sinks", json!({"name": "limited", "file": url}))
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(env.stored_files().is_empty());
+    assert!(env.stored_files().await.is_empty());
     // Truncated: announces more than it sends, then closes.
     let small = b"PK\x03\x04 not much".to_vec();
     let truncated = RawHost::start(RawReply::Bytes(RawHost::response(5000, &small))).await;

@@ -3,9 +3,6 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use kuiper_registry::store::local::LocalStore;
-use kuiper_registry::store::{Condition, Store};
 use serde_json::{json, Value};
 
 use crate::common::{Backend, TestEnv};
@@ -19,35 +16,18 @@ both_stores!(
 
 /// Writes an object the way a (dying) plugin-api would, through the store.
 async fn put_object(env: &TestEnv, key: &str, body: Vec<u8>) {
-    let body = Bytes::from(body);
-    match env.s3 {
-        Some(_) => env.s3_store().await.put(key, body, Condition::None).await,
-        None => {
-            LocalStore::new(env.tmp.path().join("store"))
-                .unwrap()
-                .put(key, body, Condition::None)
-                .await
-        }
-    }
-    .unwrap();
+    env.write_object(key, body).await;
 }
 
 async fn delete_object(env: &TestEnv, key: &str) {
-    match env.s3 {
-        Some(_) => env.s3_store().await.delete(key).await,
-        None => {
-            LocalStore::new(env.tmp.path().join("store"))
-                .unwrap()
-                .delete(key)
-                .await
-        }
-    }
-    .unwrap();
+    env.delete_object(key).await;
 }
 
-fn index(env: &TestEnv, ty: &str) -> Value {
-    let bytes =
-        std::fs::read(env.object_path(&format!("index/{ty}.json"))).expect("the name index exists");
+async fn index(env: &TestEnv, ty: &str) -> Value {
+    let bytes = env
+        .read_object(&format!("index/{ty}.json"))
+        .await
+        .expect("the name index exists");
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -85,8 +65,8 @@ async fn listing_is_one_read_however_many_plugins() {
 /// its lease: the plugin exists, so it is listed, now and after the lease expires.
 async fn list_is_exact_after_a_create_died_before_updating_the_index(env: TestEnv) {
     env.create_ok("sinks", "alive").await;
-    let meta = std::fs::read(env.object_path("plugins/sinks/alive.json")).unwrap();
-    let before = index(&env, "sinks");
+    let meta = env.read_object("plugins/sinks/alive.json").await.unwrap();
+    let before = index(&env, "sinks").await;
     assert_eq!(before["names"], json!(["alive"]));
     assert_eq!(before["leases"], json!({}));
 
@@ -100,7 +80,7 @@ async fn list_is_exact_after_a_create_died_before_updating_the_index(env: TestEn
     put_object(&env, "plugins/sinks/dead.json", meta).await;
     assert_eq!(env.list("sinks").await, ["alive", "dead"]);
     assert_eq!(
-        index(&env, "sinks")["leases"]["dead-request"]["name"],
+        index(&env, "sinks").await["leases"]["dead-request"]["name"],
         "dead",
         "a live lease is left alone"
     );
@@ -113,7 +93,7 @@ async fn list_is_exact_after_a_create_died_before_updating_the_index(env: TestEn
     )
     .await;
     assert_eq!(env.list("sinks").await, ["alive", "dead"]);
-    let after = index(&env, "sinks");
+    let after = index(&env, "sinks").await;
     assert_eq!(after["names"], json!(["alive", "dead"]));
     assert_eq!(after["leases"], json!({}));
     assert_eq!(env.list("sinks").await, ["alive", "dead"]);
@@ -127,7 +107,7 @@ async fn list_is_exact_after_a_create_died_before_updating_the_index(env: TestEn
 async fn list_is_exact_after_a_delete_died_before_updating_the_index(env: TestEnv) {
     env.create_ok("sinks", "kept").await;
     env.create_ok("sinks", "gone").await;
-    let before = index(&env, "sinks");
+    let before = index(&env, "sinks").await;
     assert_eq!(before["names"], json!(["gone", "kept"]));
     put_object(
         &env,
@@ -144,7 +124,7 @@ async fn list_is_exact_after_a_delete_died_before_updating_the_index(env: TestEn
     )
     .await;
     assert_eq!(env.list("sinks").await, ["kept"]);
-    assert_eq!(index(&env, "sinks")["names"], json!(["kept"]));
+    assert_eq!(index(&env, "sinks").await["names"], json!(["kept"]));
     // The name is free again.
     env.create_ok("sinks", "gone").await;
     assert_eq!(env.list("sinks").await, ["gone", "kept"]);
@@ -155,18 +135,21 @@ async fn list_survives_a_lost_or_unreadable_index(env: TestEnv) {
     env.create_ok("functions", "f2").await;
     delete_object(&env, "index/functions.json").await;
     assert_eq!(env.list("functions").await, ["f1", "f2"]);
-    assert_eq!(index(&env, "functions")["names"], json!(["f1", "f2"]));
+    assert_eq!(index(&env, "functions").await["names"], json!(["f1", "f2"]));
 
     put_object(&env, "index/functions.json", b"{not json".to_vec()).await;
     assert_eq!(env.list("functions").await, ["f1", "f2"]);
-    assert_eq!(index(&env, "functions")["names"], json!(["f1", "f2"]));
+    assert_eq!(index(&env, "functions").await["names"], json!(["f1", "f2"]));
 
     // A create on a store without an index (e.g. written by an earlier
     // version) builds one from the keys.
     delete_object(&env, "index/functions.json").await;
     env.create_ok("functions", "f3").await;
     assert_eq!(env.list("functions").await, ["f1", "f2", "f3"]);
-    assert_eq!(index(&env, "functions")["names"], json!(["f1", "f2", "f3"]));
+    assert_eq!(
+        index(&env, "functions").await["names"],
+        json!(["f1", "f2", "f3"])
+    );
 }
 
 /// Many creates and deletes of several names at once: afterwards the list is
@@ -214,7 +197,7 @@ async fn list_is_exact_after_concurrent_creates_and_deletes(env: TestEnv) {
         }
     }
     assert_eq!(env.list("sinks").await, exist);
-    let idx = index(&env, "sinks");
+    let idx = index(&env, "sinks").await;
     assert_eq!(idx["leases"], json!({}), "every request settled its lease");
     assert_eq!(idx["names"], json!(exist), "the index is exact");
 }

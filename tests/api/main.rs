@@ -1,5 +1,5 @@
 //! Black-box tests of the plugin REST API: the real router served on
-//! 127.0.0.1:0, over the local store and over a real S3-protocol server,
+//! 127.0.0.1:0, over the local store, a real S3-protocol server and MinIO,
 //! downloading real zips of real `.so` files from a wiremock file host.
 
 #[macro_use]
@@ -15,6 +15,7 @@ mod faults;
 mod functions;
 mod limits;
 mod listing;
+mod minio;
 mod persistence;
 mod races;
 mod reference;

@@ -56,7 +56,7 @@ pub async fn put_object(env: &TestEnv, key: &str, body: Vec<u8>) {
             .put(key, body.into(), Condition::None)
             .await
             .unwrap(),
-        Backend::S3 => env
+        Backend::S3 | Backend::Minio => env
             .s3_store()
             .await
             .put(key, body.into(), Condition::None)
@@ -74,7 +74,7 @@ pub async fn get_object(env: &TestEnv, key: &str) -> Option<Vec<u8>> {
             .get(key)
             .await
             .unwrap(),
-        Backend::S3 => env.s3_store().await.get(key).await.unwrap(),
+        Backend::S3 | Backend::Minio => env.s3_store().await.get(key).await.unwrap(),
     };
     obj.map(|o| o.body.to_vec())
 }
@@ -88,7 +88,7 @@ pub async fn delete_object(env: &TestEnv, key: &str) {
             .delete(key)
             .await
             .unwrap(),
-        Backend::S3 => env.s3_store().await.delete(key).await.unwrap(),
+        Backend::S3 | Backend::Minio => env.s3_store().await.delete(key).await.unwrap(),
     }
 }
 
@@ -108,7 +108,7 @@ async fn gc(
                 .gc(min_age, dry_run)
                 .await
         }
-        Backend::S3 => {
+        Backend::S3 | Backend::Minio => {
             kuiper_registry::server::build_registry(env.s3_store().await, &config)
                 .unwrap()
                 .gc(min_age, dry_run)
@@ -118,12 +118,16 @@ async fn gc(
     .unwrap()
 }
 
-/// A plain S3 client of the test server, for what the registry never does.
-fn raw_s3(env: &TestEnv) -> aws_sdk_s3::Client {
+/// A plain S3 client of the test server or MinIO, and the bucket, for what
+/// the registry never does.
+fn raw_s3(env: &TestEnv) -> (aws_sdk_s3::Client, String) {
     use aws_sdk_s3::config::{Credentials, Region};
     use kuiper_harness::s3::{ACCESS_KEY, REGION, SECRET_KEY};
+    if let Some((minio, bucket)) = &env.minio {
+        return (minio.client(), bucket.clone());
+    }
     let s3 = env.s3.as_ref().expect("s3 backend");
-    aws_sdk_s3::Client::from_conf(
+    let client = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::Config::builder()
             .behavior_version_latest()
             .endpoint_url(s3.endpoint())
@@ -131,7 +135,8 @@ fn raw_s3(env: &TestEnv) -> aws_sdk_s3::Client {
             .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
             .force_path_style(true)
             .build(),
-    )
+    );
+    (client, s3.bucket().to_string())
 }
 
 /// What a create killed mid-way leaves: a partial object (local store) or an
@@ -145,9 +150,8 @@ async fn leave_killed_create(env: &TestEnv) -> (String, std::path::PathBuf) {
             std::fs::write(&partial, b"PK\x03\x04 half an upload").unwrap();
             ".tmp/obj-killed".to_string()
         }
-        Backend::S3 => {
-            let client = raw_s3(env);
-            let bucket = env.s3.as_ref().unwrap().bucket().to_string();
+        Backend::S3 | Backend::Minio => {
+            let (client, bucket) = raw_s3(env);
             let up = client
                 .create_multipart_upload()
                 .bucket(&bucket)
@@ -184,7 +188,7 @@ async fn unfinished_uploads(env: &TestEnv) -> Vec<String> {
                 .unfinished()
                 .await
         }
-        Backend::S3 => env.s3_store().await.unfinished().await,
+        Backend::S3 | Backend::Minio => env.s3_store().await.unfinished().await,
     };
     list.unwrap()
         .into_iter()

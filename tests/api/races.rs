@@ -57,15 +57,15 @@ async fn concurrent_creates_one_winner(env: TestEnv) {
         d["source"], winners[0],
         "the stored metadata is the winner's"
     );
-    let blob = env.objects_dir().join(
-        env.stored_blobs()
-            .into_iter()
-            .find(|b| b.ends_with(d["blob"].as_str().unwrap()))
-            .expect("winner's zip stored"),
-    );
+    let blob = env
+        .stored_blobs()
+        .await
+        .into_iter()
+        .find(|b| b.ends_with(d["blob"].as_str().unwrap()))
+        .expect("winner's zip stored");
     use sha2::Digest;
     assert_eq!(
-        hex::encode(sha2::Sha256::digest(std::fs::read(blob).unwrap())),
+        hex::encode(sha2::Sha256::digest(env.read_object(&blob).await.unwrap())),
         d["sha256"].as_str().unwrap()
     );
 }
@@ -112,15 +112,15 @@ async fn mixed_operations_never_leave_dangling_metadata(env: TestEnv) {
     let d = env.get("/plugins/sinks/mixed").await;
     if d.status == 200 {
         let meta = d.json();
-        let blob = env.objects_dir().join(
-            env.stored_files()
-                .into_iter()
-                .find(|f| f.ends_with(meta["blob"].as_str().unwrap()))
-                .expect("the zip the metadata names is stored"),
-        );
+        let blob = env
+            .stored_files()
+            .await
+            .into_iter()
+            .find(|f| f.ends_with(meta["blob"].as_str().unwrap()))
+            .expect("the zip the metadata names is stored");
         use sha2::Digest;
         assert_eq!(
-            hex::encode(sha2::Sha256::digest(std::fs::read(blob).unwrap())),
+            hex::encode(sha2::Sha256::digest(env.read_object(&blob).await.unwrap())),
             meta["sha256"].as_str().unwrap()
         );
     } else {

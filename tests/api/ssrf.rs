@@ -132,7 +132,7 @@ async fn private_destinations_are_refused(backend: Backend) {
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains(&format!("invalid callback uri http://127.0.0.1:{other_port}/cb: destination 127.0.0.1 {NOT_PUBLIC}")), "{}", r.body);
     assert!(env.list("sinks").await.is_empty());
-    assert!(env.stored_files().is_empty());
+    assert!(env.stored_files().await.is_empty());
 
     // The allowed host works, with an allowed callback.
     let r = env

@@ -22,7 +22,7 @@ both_stores!(
 );
 
 async fn assert_refused(env: &TestEnv, ty: &str, body: serde_json::Value, expected: &str) {
-    let before = env.stored_files();
+    let before = env.stored_files().await;
     let r = env.post(&format!("/plugins/{ty}"), body.clone()).await;
     assert_eq!(r.status, 400, "{body}: {}", r.body);
     let msg = r.error_message();
@@ -30,7 +30,11 @@ async fn assert_refused(env: &TestEnv, ty: &str, body: serde_json::Value, expect
         msg.contains(expected),
         "{body}:\n  got      {msg}\n  expected {expected}"
     );
-    assert_eq!(env.stored_files(), before, "nothing is stored for {body}");
+    assert_eq!(
+        env.stored_files().await,
+        before,
+        "nothing is stored for {body}"
+    );
 }
 
 async fn bad_names_are_refused(env: TestEnv) {

@@ -27,7 +27,7 @@ async fn abi_failures_are_reported_per_plugin(env: Env) {
         .await;
     let mut cut = lib("print");
     cut.truncate(8 * 1024);
-    replace_stored_zip(&env, "sinks", "cut", so_zip("Cut.so", cut));
+    replace_stored_zip(&env, "sinks", "cut", so_zip("Cut.so", cut)).await;
     // A library needing a shared library the node does not have: dlopen fails.
     env.publish(
         "sinks",
@@ -154,17 +154,17 @@ fn needing_missing_library() -> Vec<u8> {
 /// Replaces the zip that `{ty}/{name}`'s metadata points at with `zip`,
 /// straight in the store, and its recorded SHA-256 and size with `zip`'s:
 /// what a store written by an earlier version of the registry may hold.
-fn replace_stored_zip(env: &Env, ty: &str, name: &str, zip: Vec<u8>) {
+async fn replace_stored_zip(env: &Env, ty: &str, name: &str, zip: Vec<u8>) {
     use sha2::Digest;
-    let meta_path = env.object_path(&format!("plugins/{ty}/{name}.json"));
+    let meta_key = format!("plugins/{ty}/{name}.json");
     let mut meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        serde_json::from_slice(&env.read_object(&meta_key).await).unwrap();
     let blob = meta["blob"]
         .as_str()
         .expect("metadata names its zip")
         .to_string();
-    std::fs::write(env.object_path(&blob), &zip).unwrap();
     meta["sha256"] = json!(hex::encode(sha2::Sha256::digest(&zip)));
     meta["size"] = json!(zip.len());
-    std::fs::write(meta_path, meta.to_string()).unwrap();
+    env.write_object(&blob, zip).await;
+    env.write_object(&meta_key, meta.to_string()).await;
 }

@@ -1,5 +1,5 @@
 //! Set-up for the node agent's end-to-end tests: the real `plugin-api` router
-//! on 127.0.0.1:0 over a local store or the harness S3 server, a file host the
+//! on 127.0.0.1:0 over a local store, the harness S3 server or MinIO, a file host the
 //! registry downloads zips from, a node directory, and the real `kuiper-node`
 //! binary run against the same store.
 
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
 use kuiper_harness::files::FileHost;
+use kuiper_harness::minio::{Minio, MINIO_ACCESS_KEY, MINIO_REGION, MINIO_SECRET_KEY};
 use kuiper_harness::plugins::{example_so, CPlugin};
 use kuiper_harness::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
 use kuiper_harness::zips::ZipBuilder;
@@ -14,7 +15,7 @@ use kuiper_registry::config::ServiceConfig;
 use kuiper_registry::server::build_app;
 use kuiper_registry::store::local::LocalStore;
 use kuiper_registry::store::s3::{S3Settings, S3Store};
-use kuiper_registry::store::Store as _;
+use kuiper_registry::store::{Condition, Store as _};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
@@ -23,8 +24,12 @@ pub const NODE: &str = env!("CARGO_BIN_EXE_kuiper-node");
 /// Which store the registry (and so the node) uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A local store directory.
     Local,
+    /// The in-process S3 server (fault injection, request counters).
     S3,
+    /// A bucket of the test binary's MinIO server ([`Minio::shared`]).
+    Minio,
 }
 
 /// The registry service, its store, and one node directory.
@@ -33,6 +38,8 @@ pub struct Env {
     http: reqwest::Client,
     files: FileHost,
     pub s3: Option<S3Server>,
+    /// The MinIO server and bucket ([`Backend::Minio`]).
+    pub minio: Option<(&'static Minio, String)>,
     tmp: tempfile::TempDir,
     server: tokio::task::JoinHandle<()>,
 }
@@ -135,11 +142,18 @@ impl Env {
         .expect("config");
         let s3 = match backend {
             Backend::S3 => Some(S3Server::start("plugins").await),
-            Backend::Local => None,
+            Backend::Local | Backend::Minio => None,
         };
-        let app = match &s3 {
+        let minio = match backend {
+            Backend::Minio => {
+                let server = Minio::shared();
+                Some((server, server.new_bucket().await))
+            }
+            Backend::Local | Backend::S3 => None,
+        };
+        let app = match s3_settings(&s3, &minio) {
             None => build_app(LocalStore::new(&store_dir).expect("local store"), &config),
-            Some(s3) => build_app(S3Store::new(s3_settings(s3)).await, &config),
+            Some(settings) => build_app(S3Store::new(settings).await, &config),
         }
         .expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -157,6 +171,7 @@ impl Env {
                 .expect("client"),
             files: FileHost::start().await,
             s3,
+            minio,
             tmp,
             server,
         }
@@ -174,31 +189,55 @@ impl Env {
         p
     }
 
-    /// The `--store` value for the node.
-    pub fn store_arg(&self) -> String {
-        match &self.s3 {
-            Some(s3) => format!("s3://{}/registry", s3.bucket()),
-            None => self.tmp.path().join("store").display().to_string(),
-        }
+    /// Whether the store is an S3 bucket (the in-process server or MinIO).
+    pub fn is_s3(&self) -> bool {
+        self.s3.is_some() || self.minio.is_some()
     }
 
-    /// Where the store keeps the object `key` on disk.
-    pub fn object_path(&self, key: &str) -> PathBuf {
-        match &self.s3 {
-            Some(s3) => s3.bucket_dir().join("registry").join(key),
-            None => self.tmp.path().join("store").join(key),
+    /// The `--store` value for the node.
+    pub fn store_arg(&self) -> String {
+        match (&self.s3, &self.minio) {
+            (Some(s3), _) => format!("s3://{}/registry", s3.bucket()),
+            (None, Some((_, bucket))) => format!("s3://{bucket}/registry"),
+            (None, None) => self.tmp.path().join("store").display().to_string(),
         }
     }
 
     /// The local store's directory (`None` for S3).
     pub fn local_store_dir(&self) -> Option<PathBuf> {
-        self.s3.is_none().then(|| self.tmp.path().join("store"))
+        (!self.is_s3()).then(|| self.tmp.path().join("store"))
     }
 
     /// The S3 store as the node opens it (`None` for the local store).
     pub async fn s3_store(&self) -> Option<S3Store> {
-        let s3 = self.s3.as_ref()?;
-        Some(S3Store::new(s3_settings(s3)).await)
+        Some(S3Store::new(s3_settings(&self.s3, &self.minio)?).await)
+    }
+
+    /// Reads the object `key` through the store (it must exist).
+    pub async fn read_object(&self, key: &str) -> Vec<u8> {
+        let obj = match self.s3_store().await {
+            Some(s3) => s3.get(key).await,
+            None => self.local_store().get(key).await,
+        }
+        .unwrap_or_else(|e| panic!("read {key}: {e}"));
+        obj.unwrap_or_else(|| panic!("{key} is not stored"))
+            .body
+            .to_vec()
+    }
+
+    /// Writes `body` at `key` through the store, behind the registry's back
+    /// (as an earlier version or an operator may have left it).
+    pub async fn write_object(&self, key: &str, body: impl Into<Vec<u8>>) {
+        let body = bytes::Bytes::from(body.into());
+        match self.s3_store().await {
+            Some(s3) => s3.put(key, body, Condition::None).await,
+            None => self.local_store().put(key, body, Condition::None).await,
+        }
+        .unwrap_or_else(|e| panic!("write {key}: {e}"));
+    }
+
+    fn local_store(&self) -> LocalStore {
+        LocalStore::new(self.tmp.path().join("store")).expect("local store")
     }
 
     /// Whether the S3 store's listing of `plugins/` carries the entity tags of
@@ -212,17 +251,16 @@ impl Env {
         !listed.is_empty() && listed.iter().all(|l| l.etag.is_some())
     }
 
-    /// Where the store keeps the zip of plugin `name` of `ty`: the key its
-    /// stored metadata names in `blob`.
-    pub fn blob_path(&self, ty: &str, name: &str) -> PathBuf {
-        let meta_path = self.object_path(&format!("plugins/{ty}/{name}.json"));
-        let meta: Value = serde_json::from_slice(
-            &std::fs::read(&meta_path)
-                .unwrap_or_else(|e| panic!("read {}: {e}", meta_path.display())),
-        )
-        .expect("stored metadata is JSON");
-        let key = meta["blob"].as_str().expect("metadata names its zip");
-        self.object_path(key)
+    /// The key of the zip of plugin `name` of `ty`: the one its stored
+    /// metadata names in `blob`.
+    pub async fn blob_key(&self, ty: &str, name: &str) -> String {
+        let meta: Value =
+            serde_json::from_slice(&self.read_object(&format!("plugins/{ty}/{name}.json")).await)
+                .expect("stored metadata is JSON");
+        meta["blob"]
+            .as_str()
+            .expect("metadata names its zip")
+            .to_string()
     }
 
     /// Publishes plugin `name` of `ty` from `zip`, with extra request fields; asserts 201.
@@ -310,11 +348,21 @@ impl Env {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(s3) = &self.s3 {
-            cmd.env("AWS_ENDPOINT_URL_S3", s3.endpoint())
-                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-                .env("AWS_REGION", REGION)
+        let aws = match (&self.s3, &self.minio) {
+            (Some(s3), _) => Some((s3.endpoint().to_string(), ACCESS_KEY, SECRET_KEY, REGION)),
+            (None, Some((minio, _))) => Some((
+                minio.endpoint(),
+                MINIO_ACCESS_KEY,
+                MINIO_SECRET_KEY,
+                MINIO_REGION,
+            )),
+            (None, None) => None,
+        };
+        if let Some((endpoint, access_key, secret_key, region)) = aws {
+            cmd.env("AWS_ENDPOINT_URL_S3", endpoint)
+                .env("AWS_ACCESS_KEY_ID", access_key)
+                .env("AWS_SECRET_ACCESS_KEY", secret_key)
+                .env("AWS_REGION", region)
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .env("AWS_CONFIG_FILE", self.tmp.path().join("no-aws-config"))
                 .env(
@@ -452,10 +500,19 @@ pub fn so_zip(so_name: &str, so: Vec<u8>) -> Vec<u8> {
     ZipBuilder::new().file(so_name, so).build()
 }
 
-/// Runs each listed scenario `async fn name(env: Env)` on both stores.
+/// Runs each listed scenario `async fn name(env: Env)` on every store:
+/// local, the in-process S3 server and MinIO.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
+        mod minio_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Env::start($crate::common::Backend::Minio).await).await;
+                }
+            )*
+        }
         mod local_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,13 +532,29 @@ macro_rules! on_both_stores {
     };
 }
 
-/// How the service and the node reach the harness bucket (key prefix `registry`).
-fn s3_settings(s3: &S3Server) -> S3Settings {
-    S3Settings {
-        bucket: s3.bucket().to_string(),
-        prefix: "registry".into(),
-        endpoint: Some(s3.endpoint().to_string()),
-        region: Some(REGION.into()),
-        credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-    }
+/// How the service and the node reach the harness bucket or MinIO's (key
+/// prefix `registry`); `None` for the local store.
+fn s3_settings(
+    s3: &Option<S3Server>,
+    minio: &Option<(&'static Minio, String)>,
+) -> Option<S3Settings> {
+    Some(match (s3, minio) {
+        (Some(s3), _) => S3Settings {
+            bucket: s3.bucket().to_string(),
+            prefix: "registry".into(),
+            endpoint: Some(s3.endpoint().to_string()),
+            region: Some(REGION.into()),
+            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+            allow_unsafe: false,
+        },
+        (None, Some((minio, bucket))) => S3Settings {
+            bucket: bucket.clone(),
+            prefix: "registry".into(),
+            endpoint: Some(minio.endpoint()),
+            region: Some(MINIO_REGION.into()),
+            credentials: Some((MINIO_ACCESS_KEY.into(), MINIO_SECRET_KEY.into())),
+            allow_unsafe: false,
+        },
+        (None, None) => return None,
+    })
 }

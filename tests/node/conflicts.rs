@@ -10,13 +10,13 @@ use crate::common::{c_lib, lib, random_zip, so_zip, Backend, Env, NodeRun};
 
 /// Writes the metadata of `{ty}/{from}` again as `{ty}/{to}` (same zip),
 /// straight into the store, with `change` applied.
-fn copy_meta(env: &Env, ty: &str, from: &str, to: &str, change: impl FnOnce(&mut Value)) {
-    let src = env.object_path(&format!("plugins/{ty}/{from}.json"));
-    let mut meta: Value = serde_json::from_slice(&std::fs::read(src).unwrap()).unwrap();
+async fn copy_meta(env: &Env, ty: &str, from: &str, to: &str, change: impl FnOnce(&mut Value)) {
+    let src = env.read_object(&format!("plugins/{ty}/{from}.json")).await;
+    let mut meta: Value = serde_json::from_slice(&src).unwrap();
     meta["name"] = json!(to);
     change(&mut meta);
-    let dest = env.object_path(&format!("plugins/{ty}/{to}.json"));
-    std::fs::write(dest, meta.to_string()).unwrap();
+    env.write_object(&format!("plugins/{ty}/{to}.json"), meta.to_string())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +29,7 @@ async fn names_equal_without_case_install_neither() {
     let before = env.node_files();
 
     // `Random` appears next to `random`: both need plugins/sources/Random.so.
-    copy_meta(&env, "sources", "random", "Random", |_| {});
+    copy_meta(&env, "sources", "random", "Random", |_| {}).await;
     let check = |run: &NodeRun| {
         run.assert_failed();
         assert_eq!(
@@ -88,10 +88,10 @@ async fn function_names_equal_without_case_install_neither() {
     let before = env.node_files();
 
     // misc's metadata is changed to claim ECHO as well as misc: echo claims echo.
-    let meta_path = env.object_path("plugins/functions/misc.json");
-    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let meta_key = "plugins/functions/misc.json";
+    let mut meta: Value = serde_json::from_slice(&env.read_object(meta_key).await).unwrap();
     meta["functions"] = json!(["misc", "ECHO"]);
-    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    env.write_object(meta_key, meta.to_string()).await;
 
     for _ in 0..2 {
         let run = env.sync(&[]).await;

@@ -296,11 +296,14 @@ async fn manifest_of_an_earlier_version_still_works(env: Env) {
     // The tags are recorded again.
     assert!(all_tagged(&manifest(&env)), "{}", manifest(&env));
     if tagged {
-        let before = requests(&env);
+        // (Requests are counted on the in-process server only.)
+        let before = env.s3.as_ref().map(|_| requests(&env));
         let again = env.sync(&[]).await;
         again.assert_ok();
         assert_eq!(again.list("unchanged").len(), 2, "{}", again.report);
-        assert_eq!(requests(&env).1 - before.1, 0);
+        if let Some(before) = before {
+            assert_eq!(requests(&env).1 - before.1, 0);
+        }
     }
 
     // An update after that is installed.
@@ -319,10 +322,11 @@ async fn invalid_zip_key_is_refused(env: Env) {
     env.publish("sinks", "print", so_zip("Print.so", lib("print")))
         .await;
     // The metadata is made to point outside the zips.
-    let path = env.object_path("plugins/sinks/print.json");
-    let mut meta: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let key = "plugins/sinks/print.json";
+    let mut meta: Value = serde_json::from_slice(&env.read_object(key).await).unwrap();
     meta["blob"] = json!("blobs/../plugins/sinks/print.json");
-    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    env.write_object(key, serde_json::to_vec(&meta).unwrap())
+        .await;
 
     let run = env.sync(&[]).await;
     run.assert_failed();

@@ -96,7 +96,8 @@ async fn publish_update_drop_and_rerun(env: Env) {
     // Third run, nothing changed: nothing is downloaded. The stored zips are
     // made unreadable first, so a download could not succeed.
     for (ty, name) in [("sources", "random"), ("sinks", "print")] {
-        std::fs::write(env.blob_path(ty, name), b"gone").unwrap();
+        env.write_object(&env.blob_key(ty, name).await, b"gone".to_vec())
+            .await;
     }
     let before = env.s3.as_ref().map(|s| {
         (

@@ -89,9 +89,9 @@ async fn unusable_store_removes_nothing(env: Env) {
 
     // A store that does not exist: nothing is removed, the error is reported.
     let root = env.root().display().to_string();
-    let missing = match env.s3 {
-        Some(_) => "s3://no-such-bucket/registry".to_string(),
-        None => env.scratch().join("no-such-store").display().to_string(),
+    let missing = match env.is_s3() {
+        true => "s3://no-such-bucket/registry".to_string(),
+        false => env.scratch().join("no-such-store").display().to_string(),
     };
     let run = env
         .node_with_args(&["run", "--once", "--store", &missing, "--root", &root])

@@ -22,8 +22,9 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
         .as_str()
         .unwrap()
         .to_string();
-    let blob = env.blob_path("sinks", "print");
-    std::fs::write(&blob, so_zip("Print.so", lib("echo"))).unwrap();
+    let blob = env.blob_key("sinks", "print").await;
+    env.write_object(&blob, so_zip("Print.so", lib("echo")))
+        .await;
 
     let run = env.run_once(&[]).await;
     run.assert_failed();
@@ -45,7 +46,8 @@ async fn sha256_mismatch_installs_nothing(env: Env) {
     // Once the store holds the right zip again, the next run installs it.
     let original = env.meta("sinks", "print").await;
     assert_eq!(original["sha256"], sha.as_str());
-    std::fs::write(&blob, so_zip("Print.so", lib("print"))).unwrap();
+    env.write_object(&blob, so_zip("Print.so", lib("print")))
+        .await;
     let again = env.run_once(&[]).await;
     again.assert_ok();
     assert_eq!(again.list("installed"), ["sinks/print@"]);
@@ -58,18 +60,17 @@ async fn mismatch_names_what_differs(env: Env) {
     use sha2::Digest;
     env.publish("sinks", "print", so_zip("Print.so", lib("print")))
         .await;
-    let blob = env.blob_path("sinks", "print");
-    let zip = std::fs::read(&blob).unwrap();
-    let meta_path = env.object_path("plugins/sinks/print.json");
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let blob = env.blob_key("sinks", "print").await;
+    let zip = env.read_object(&blob).await;
+    let meta_key = "plugins/sinks/print.json";
+    let meta: serde_json::Value = serde_json::from_slice(&env.read_object(meta_key).await).unwrap();
     let sha = meta["sha256"].as_str().unwrap().to_string();
     assert_eq!(meta["size"], json!(zip.len()));
 
     // Only the size differs: the metadata says one byte more.
     let mut wrong_size = meta.clone();
     wrong_size["size"] = json!(zip.len() + 1);
-    std::fs::write(&meta_path, wrong_size.to_string()).unwrap();
+    env.write_object(meta_key, wrong_size.to_string()).await;
     let run = env.sync(&[]).await;
     run.assert_failed();
     let err = run.error_of("sinks/print");
@@ -84,11 +85,11 @@ async fn mismatch_names_what_differs(env: Env) {
     assert!(!err.contains("sha256 mismatch"), "{err}");
 
     // Only the hash differs: the stored zip has one byte changed.
-    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    env.write_object(meta_key, meta.to_string()).await;
     let mut changed = zip.clone();
     let last = changed.len() - 1;
     changed[last] ^= 0x01;
-    std::fs::write(&blob, &changed).unwrap();
+    env.write_object(&blob, changed.clone()).await;
     let run = env.sync(&[]).await;
     run.assert_failed();
     let err = run.error_of("sinks/print");
@@ -117,20 +118,21 @@ async fn damaged_entry_installs_nothing(env: Env) {
     env.publish("sources", "random", random_zip()).await;
     env.publish("sinks", "print", so_zip("Print.so", lib("print")))
         .await;
-    let mut zip = std::fs::read(env.blob_path("sinks", "print")).unwrap();
+    let blob = env.blob_key("sinks", "print").await;
+    let mut zip = env.read_object(&blob).await;
     // One byte in the middle of the library's deflated data, found from its local header.
     let u16_at = |i: usize| u16::from_le_bytes([zip[i], zip[i + 1]]) as usize;
     let compressed = u32::from_le_bytes(zip[18..22].try_into().unwrap()) as usize;
     assert_eq!(u16_at(8), 8, "the library is deflated");
     let data_start = 30 + u16_at(26) + u16_at(28);
     zip[data_start + compressed / 2] ^= 0x55;
-    std::fs::write(env.blob_path("sinks", "print"), &zip).unwrap();
-    let meta_path = env.object_path("plugins/sinks/print.json");
+    env.write_object(&blob, zip.clone()).await;
+    let meta_key = "plugins/sinks/print.json";
     let mut meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        serde_json::from_slice(&env.read_object(meta_key).await).unwrap();
     meta["sha256"] = json!(hex::encode(sha2::Sha256::digest(&zip)));
     meta["size"] = json!(zip.len());
-    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    env.write_object(meta_key, meta.to_string()).await;
 
     // With no memory budget the zip goes through disk and the library is
     // decoded as a stream; with the default one, both stay in memory.
