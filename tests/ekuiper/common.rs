@@ -66,6 +66,7 @@ impl Stack {
             endpoint: Some(minio.endpoint()),
             region: Some(MINIO_REGION.into()),
             credentials: Some((MINIO_ACCESS_KEY.into(), MINIO_SECRET_KEY.into())),
+            allow_unsafe: false,
         })
         .await;
         let app = build_app(store, &config).expect("app");
