@@ -59,6 +59,10 @@ pub struct PluginMeta {
     pub size: u64,
     /// Architecture of the library (`x86_64`, `aarch64`, ...).
     pub arch: String,
+    /// What the library was built with: its C library and, for Go plugins,
+    /// its Go build information. Absent in metadata written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::package::BuildFingerprint>,
     /// The library's entry in the zip, e.g. `Random@v1.0.0.so`.
     pub so_file: String,
     /// Store key of the zip.

@@ -19,7 +19,9 @@ use std::process::Command;
 use axum::response::IntoResponse;
 use kuiper_registry::api::error::ApiError;
 use kuiper_registry::api::{handlers, ROUTES};
-use kuiper_registry::package::{PackageFile, PluginType};
+use kuiper_registry::package::{
+    BuildFingerprint, GoBuild, GoModule, Libc, PackageFile, PluginType,
+};
 use kuiper_registry::registry::{PluginMeta, PluginRequest, UdfOwner};
 use kuiper_registry::store::keys;
 use serde_json::{json, Value};
@@ -1506,6 +1508,31 @@ fn openapi_bodies_match_the_rust_types() {
         sha256: "0".repeat(64),
         size: 1,
         arch: "x86_64".into(),
+        build: Some(BuildFingerprint {
+            libc: Libc::Glibc,
+            go: Some(GoBuild {
+                go_version: "go1.26.8".into(),
+                path: "example.com/random".into(),
+                main: Some(GoModule {
+                    path: "example.com/random".into(),
+                    version: "(devel)".into(),
+                    sum: String::new(),
+                    replaced_by: None,
+                }),
+                deps: vec![GoModule {
+                    path: "github.com/lf-edge/ekuiper/contract/v2".into(),
+                    version: "v2.3.1".into(),
+                    sum: "h1:x".into(),
+                    replaced_by: Some(Box::new(GoModule {
+                        path: "example.com/fork".into(),
+                        version: "v2.3.1-fork".into(),
+                        sum: "h1:y".into(),
+                        replaced_by: None,
+                    })),
+                }],
+                settings: [("-trimpath".to_string(), "true".to_string())].into(),
+            }),
+        }),
         so_file: "Random@v1.0.0.so".into(),
         blob: format!("blobs/sha256/{}.zip", "0".repeat(64)),
         source: "https://files.example.com/random.zip".into(),
@@ -1521,6 +1548,7 @@ fn openapi_bodies_match_the_rust_types() {
     let minimal = PluginMeta {
         functions: None,
         shell_paras: Vec::new(),
+        build: None,
         ..full.clone()
     };
     let full_json = serde_json::to_value(&full).unwrap();
@@ -1538,6 +1566,24 @@ fn openapi_bodies_match_the_rust_types() {
         keys(&full_json["files"][0]),
         schema_properties(&spec, "PackageFile"),
         "PackageFile fields"
+    );
+    let build = &full_json["build"];
+    for (value, schema) in [
+        (build, "BuildFingerprint"),
+        (&build["go"], "GoBuild"),
+        (&build["go"]["deps"][0], "GoModule"),
+    ] {
+        assert_eq!(keys(value), schema_properties(&spec, schema), "{schema} fields");
+    }
+    let minimal_go = GoBuild {
+        path: String::new(),
+        main: None,
+        ..full.build.clone().unwrap().go.unwrap()
+    };
+    assert_eq!(
+        keys(&serde_json::to_value(&minimal_go).unwrap()),
+        schema_required(&spec, "GoBuild"),
+        "GoBuild: required = always serialised"
     );
     let types: BTreeSet<String> = PluginType::ALL
         .iter()

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, Write};
 
 use super::decode::{decode, Declared, DecodeError, DEFLATED};
-use super::elf::ElfCapture;
+use super::elf::{ElfCapture, LibraryFacts};
 use super::names::{check_entry_name, match_library, uc_first};
 use super::scan::{is_library_candidate, Scanned};
 use super::structure;
@@ -206,7 +206,7 @@ fn inspect<R: Read + Seek, E: Extract>(
     let mut seen_lower = BTreeSet::new();
     let mut files = Vec::new();
     let mut libraries: Vec<(String, String)> = Vec::new();
-    let mut elf: Option<(String, Result<String, String>)> = None;
+    let mut elf: Option<(String, Result<LibraryFacts, String>)> = None;
     let mut total: u64 = 0;
     let whole_max = extract.whole_entry_max();
     let mut inflater = WholeInflater::default();
@@ -311,7 +311,7 @@ fn inspect<R: Read + Seek, E: Extract>(
             if let Some(capture) = capture.as_mut() {
                 capture.write(&bytes);
             }
-            (declared.size, capture.map(|c| c.finish().check()))
+            (declared.size, capture.map(|c| c.finish().facts()))
         } else {
             out = extract.open(&entry).map_err(extract_err)?;
             // An entry the scan vouched for is not decoded again, unless its
@@ -335,7 +335,7 @@ fn inspect<R: Read + Seek, E: Extract>(
                         capture.as_mut(),
                         out.as_mut(),
                     )?;
-                    (size, capture.map(|c| c.finish().check()))
+                    (size, capture.map(|c| c.finish().facts()))
                 }
             }
         };
@@ -418,7 +418,7 @@ fn inspect<R: Read + Seek, E: Extract>(
     }
 
     let (elf_entry, verdict) = elf.expect("the library's ELF verdict");
-    let arch = verdict.map_err(|reason| PackageError::NotElf {
+    let LibraryFacts { arch, build } = verdict.map_err(|reason| PackageError::NotElf {
         entry: elf_entry,
         reason,
     })?;
@@ -427,6 +427,7 @@ fn inspect<R: Read + Seek, E: Extract>(
         so_file,
         version,
         arch,
+        build,
         has_yaml,
         has_json,
         has_install_script,

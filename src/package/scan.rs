@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 
 use super::decode::{decode, Declared};
-use super::elf::ElfCapture;
+use super::elf::{ElfCapture, LibraryFacts};
 use super::inspect::{check_size, ratio_too_high};
 use super::structure::{read_local, FLAG_DESCRIPTOR, FLAG_ENCRYPTED};
 use super::{PackageError, ZipLimits};
@@ -19,7 +19,7 @@ pub(super) struct ScannedEntry {
     /// Bytes it decompressed to.
     pub(super) size: u64,
     /// A library candidate's ELF verdict ([`super::check_library`]).
-    pub(super) elf: Option<Result<String, String>>,
+    pub(super) elf: Option<Result<LibraryFacts, String>>,
 }
 
 /// The entries of a zip that [`scan_entries`] read from their local headers
@@ -116,7 +116,7 @@ pub fn scan_entries<R: Read>(reader: R, limits: &ZipLimits) -> Scanned {
                 compressed: local.compressed,
                 crc32: local.crc32,
                 size,
-                elf: capture.map(|c| c.finish().check()),
+                elf: capture.map(|c| c.finish().facts()),
             },
         );
     }

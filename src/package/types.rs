@@ -46,6 +46,8 @@ pub struct PackageInfo {
     pub version: String,
     /// The library's architecture, e.g. `x86_64`, `aarch64`.
     pub arch: String,
+    /// What the library was built with (C library, Go build information).
+    pub build: super::BuildFingerprint,
     /// `{name}.yaml` is present.
     pub has_yaml: bool,
     /// `{name}.json` is present.

@@ -178,6 +178,7 @@ impl<S: Store> Registry<S> {
             sha256: staged.sha256,
             size: staged.size,
             arch: staged.info.arch,
+            build: Some(staged.info.build),
             so_file: staged.info.so_file,
             source: staged.source,
             updated: now_rfc3339(),
