@@ -7,6 +7,13 @@
 #   plugins/v1/etc/sources/ticker.yaml
 #   plugins/notrim/sinks/Linefile.so  the sink built WITHOUT -trimpath: a library kuiperd
 #                                     refuses ("different version of package"), for fault tests
+#   plugins/contract230/sinks/Linefile.so  the sink built against contract module v2.3.0
+#                                     (kuiperd links v2.3.1): module variants/contract/
+#   plugins/go1254/sinks/Linefile.so  the sink built with Go 1.25.4 (OTHER_GO; kuiperd: the machine's Go)
+#   plugins/musl/sinks/Linefile.so    the sink linked against musl (CC=musl-gcc; needs
+#                                     Debian's musl-tools), kuiperd against glibc
+#                                     These three and notrim are libraries a stock kuiperd
+#                                     refuses, each for another reason (README.md's table)
 #   base/                             an empty eKuiper base directory as its release package
 #                                     lays it out (etc/ from the eKuiper module, data/,
 #                                     plugins/{sources,sinks,functions,portable,wasm}, log/);
@@ -18,6 +25,8 @@ set -euo pipefail
 
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c # newest the Go proxy serves; see README.md
 EKUIPER_VERSION=2.4.0
+OTHER_GO=go1.25.4 # the go1254 variant's toolchain (GOTOOLCHAIN: fetched as golang.org/toolchain)
+MUSL_CC=${MUSL_CC:-musl-gcc} # the musl variant's C compiler (Debian package musl-tools)
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -39,7 +48,7 @@ stamp() {
 	shift
 	{
 		go version
-		echo "$GOFLAGS $CGO_ENABLED $kuiperd_ldflags $MINIO_VERSION"
+		echo "$GOFLAGS $CGO_ENABLED $kuiperd_ldflags $MINIO_VERSION $MUSL_CC"
 		cat "$@"
 	} | sha256sum | cut -d' ' -f1
 }
@@ -107,6 +116,72 @@ step notrim "$out/plugins/notrim/sinks/Linefile.so" "${mods[@]}" build.sh plugin
 # GOFLAGS=-mod=mod would not apply; go install pkg@version ignores our module.
 step minio "$out/bin/minio" build.sh -- \
 	env GOBIN="$out/bin" $GO install "github.com/minio/minio@$MINIO_VERSION"
+
+# Fault-test variants: the linefile sink built so that a stock kuiperd refuses
+# it, each for one reason; everything else as in step plugins (same source,
+# -trimpath, CGO). They come after MinIO so that a failure here leaves the
+# rest of the rig built. Each step checks that its library differs as meant
+# (and deletes it if not).
+variant() { echo "$out/plugins/$1/sinks/Linefile.so"; }
+# refuse LIB MESSAGE: deletes LIB, fails with MESSAGE.
+refuse() {
+	rm -f "$1"
+	echo "build.sh: $1 $2" >&2
+	return 1
+}
+
+# Against contract v2.3.0: a module of its own (variants/contract/go.mod says
+# why) holding a copy of the sink, which must not drift from the original.
+build_contract230() {
+	local lib
+	lib=$(variant contract230)
+	if ! cmp -s plugins/sinks/linefile/linefile.go variants/contract/linefile/linefile.go; then
+		echo "build.sh: variants/contract/linefile/linefile.go differs from plugins/sinks/linefile/linefile.go: copy it again" >&2
+		return 1
+	fi
+	mkdir -p "$(dirname "$lib")"
+	(cd variants/contract && $GO build -trimpath -buildmode=plugin -o "$lib" ./linefile)
+	local info
+	info=$(go version -m "$lib")
+	grep -qE 'dep[[:space:]]+github.com/lf-edge/ekuiper/contract/v2[[:space:]]+v2.3.0[[:space:]]' <<<"$info" ||
+		refuse "$lib" "does not link contract v2.3.0"
+}
+step contract230 "$(variant contract230)" build.sh plugins/sinks/linefile/linefile.go \
+	variants/contract/go.mod variants/contract/go.sum variants/contract/linefile/linefile.go -- build_contract230
+
+# With another Go toolchain (the module's go directive, 1.25.4, allows it). The
+# first run downloads that toolchain (a 62 MiB zip, 214 MiB unpacked in the module
+# cache) and compiles its standard library.
+build_go1254() {
+	local lib
+	lib=$(variant go1254)
+	mkdir -p "$(dirname "$lib")"
+	GOTOOLCHAIN=$OTHER_GO $GO build -trimpath -buildmode=plugin -o "$lib" ./plugins/sinks/linefile
+	[ "$(go version "$lib" | awk '{print $2}')" = "$OTHER_GO" ] ||
+		refuse "$lib" "was not built by $OTHER_GO"
+}
+step go1254 "$(variant go1254)" "${mods[@]}" build.sh plugins/sinks/linefile/linefile.go -- build_go1254
+
+# Linked against musl: CC=$MUSL_CC for the cgo parts (runtime/cgo, net, os/user)
+# and the external link. build.sh installs nothing: without musl-gcc it fails
+# here, naming the package, after everything else is built.
+build_musl() {
+	local lib
+	lib=$(variant musl)
+	if ! command -v "$MUSL_CC" >/dev/null; then
+		echo "build.sh: step musl needs $MUSL_CC (not found): install Debian's musl-tools package (apt-get install -y musl-tools)" >&2
+		return 1
+	fi
+	mkdir -p "$(dirname "$lib")"
+	CC=$MUSL_CC $GO build -trimpath -buildmode=plugin -o "$lib" ./plugins/sinks/linefile
+	# Debian's musl-gcc links musl's libc as NEEDED libc.so (glibc's is libc.so.6).
+	local needed
+	needed=$(readelf -d "$lib" | grep NEEDED)
+	if ! grep -qF '[libc.so]' <<<"$needed" || grep -qF 'libc.so.6' <<<"$needed"; then
+		refuse "$lib" "is not linked against musl's libc: $needed"
+	fi
+}
+step musl "$(variant musl)" "${mods[@]}" build.sh plugins/sinks/linefile/linefile.go -- build_musl
 
 echo "total          ${SECONDS}s (this run)"
 cd "$out"
