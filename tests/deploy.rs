@@ -1573,7 +1573,11 @@ fn openapi_bodies_match_the_rust_types() {
         (&build["go"], "GoBuild"),
         (&build["go"]["deps"][0], "GoModule"),
     ] {
-        assert_eq!(keys(value), schema_properties(&spec, schema), "{schema} fields");
+        assert_eq!(
+            keys(value),
+            schema_properties(&spec, schema),
+            "{schema} fields"
+        );
     }
     let minimal_go = GoBuild {
         path: String::new(),

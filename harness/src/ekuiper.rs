@@ -89,6 +89,16 @@ impl Kuiperd {
 
     /// [`Kuiperd::start`] with more environment settings (`KUIPER__BASIC__ENABLEPRIVATENET`...).
     pub fn start_with(base: &Path, log: &Path, extra_env: &[(&str, &str)]) -> Kuiperd {
+        Self::try_start(base, log, extra_env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Kuiperd::start_with`], with a node that exits or never answers as an
+    /// error holding its log (for tests of libraries that crash eKuiper).
+    pub fn try_start(
+        base: &Path,
+        log: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Kuiperd, String> {
         let mut last = String::new();
         for _ in 0..3 {
             let mut k = Kuiperd {
@@ -102,13 +112,13 @@ impl Kuiperd {
                 child: None,
             };
             match k.launch() {
-                Ok(()) => return k,
+                Ok(()) => return Ok(k),
                 // A port taken between choosing and binding: try others.
                 Err(e) if e.contains("address already in use") => last = e,
-                Err(e) => panic!("{e}"),
+                Err(e) => return Err(e),
             }
         }
-        panic!("{last}")
+        Err(last)
     }
 
     fn launch(&mut self) -> Result<(), String> {

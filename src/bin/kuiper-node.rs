@@ -101,6 +101,11 @@ struct Common {
         value_parser = clap::value_parser!(u64).range(0..=u64::from(u32::MAX))
     )]
     memory_bytes: u64,
+    /// The node's stock eKuiper executable (kuiperd): Go plugins it would
+    /// refuse (another Go, module versions, -trimpath, C library) are skipped
+    /// before download. `ekuiper` reads the one it runs unless this is given.
+    #[arg(long, env = "KUIPER_NODE_EKUIPER_BIN")]
+    ekuiper_bin: Option<PathBuf>,
 }
 
 impl Common {
@@ -175,6 +180,73 @@ fn probe(plugin_type: &str, name: &str, path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The gate's input: the fingerprint of the eKuiper executable `bin`, and
+/// what the report says about it. Says on stderr when nothing is checked.
+fn read_gate(
+    bin: Option<&std::path::Path>,
+    progress: &Progress,
+) -> (
+    Option<kuiper_registry::package::BuildFingerprint>,
+    node::GateInfo,
+) {
+    let unchecked = |ekuiper: Option<String>, detail: String| {
+        progress.line(&format!("{detail}; plugins are not checked against it"));
+        (
+            None,
+            node::GateInfo {
+                checked: false,
+                ekuiper,
+                detail,
+            },
+        )
+    };
+    let Some(bin) = bin else {
+        return unchecked(
+            None,
+            "the node's eKuiper build is unknown (no --ekuiper-bin)".into(),
+        );
+    };
+    let shown = Some(bin.display().to_string());
+    match kuiper_registry::package::fingerprint_file(bin) {
+        Ok(f) => match &f.go {
+            Some(go) => {
+                let detail = format!("{}, {}", go.go_version, f.libc);
+                progress.line(&format!(
+                    "checking Go plugins against {} ({detail})",
+                    bin.display()
+                ));
+                (
+                    Some(f.clone()),
+                    node::GateInfo {
+                        checked: true,
+                        ekuiper: shown,
+                        detail,
+                    },
+                )
+            }
+            None => unchecked(
+                shown,
+                format!("{} has no Go build information", bin.display()),
+            ),
+        },
+        Err(e) => unchecked(shown, format!("cannot read the node's eKuiper build: {e}")),
+    }
+}
+
+/// `program` as the system would run it: itself when it names a path, else
+/// the first match on `PATH`.
+fn resolve_program(program: &std::path::Path) -> PathBuf {
+    if program.components().count() > 1 {
+        return program.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| program.to_path_buf())
+}
+
 /// Syncs; on a store error, keeps what the last sync installed when `load`
 /// (a node that restarts while the store is down keeps its plugins). The
 /// error is the report to print when there is nothing to fall back on.
@@ -182,11 +254,22 @@ async fn sync_or_installed(
     common: &Common,
     progress: &Progress,
     load: bool,
+    gate_bin: Option<&std::path::Path>,
 ) -> Result<node::Synced, Report> {
+    let mut opts = common.options();
+    let gate = gate_bin.map(|bin| {
+        let (fingerprint, info) = read_gate(Some(bin), progress);
+        opts.ekuiper = fingerprint;
+        info
+    });
     let synced = match node::open_store(&common.store).await {
-        Ok(store) => store.sync(&common.options(), progress).await,
+        Ok(store) => store.sync(&opts, progress).await,
         Err(e) => Err(e),
     };
+    let synced = synced.map(|mut s| {
+        s.report.gate = gate;
+        s
+    });
     let e = match synced {
         Ok(s) => return Ok(s),
         Err(e) => e,
@@ -220,7 +303,12 @@ async fn run_ekuiper(
     use kuiper_registry::node::{ekuiper, supervise};
     let progress = Progress::stderr();
     // eKuiper starts even when the store is down and nothing was synced yet.
-    let synced = match sync_or_installed(common, &progress, true).await {
+    let (program, args) = command.split_first().expect("clap requires a command");
+    let gate_bin = common
+        .ekuiper_bin
+        .clone()
+        .unwrap_or_else(|| resolve_program(std::path::Path::new(program)));
+    let synced = match sync_or_installed(common, &progress, true, Some(&gate_bin)).await {
         Ok(s) => s,
         Err(mut report) => {
             let _ = std::fs::create_dir_all(&common.root);
@@ -249,7 +337,6 @@ async fn run_ekuiper(
         }
     };
     let forwarder = supervise::Forwarder::install();
-    let (program, args) = command.split_first().expect("clap requires a command");
     let child = match supervise::spawn(std::path::Path::new(program), args, &synced.root) {
         Ok(c) => c,
         Err(e) => {
@@ -337,7 +424,18 @@ async fn main() -> ExitCode {
         } => return probe(plugin_type, name, path),
     };
     let progress = Progress::stderr();
-    let synced = match sync_or_installed(common, &progress, load).await {
+    // `sync` is what an init step before a stock eKuiper runs: say when its
+    // build is unknown. `run` loads through the plugin ABI, not eKuiper.
+    let mut unchecked_gate = None;
+    let gate_bin = match (&common.ekuiper_bin, load) {
+        (Some(b), _) => Some(b.clone()),
+        (None, false) => {
+            unchecked_gate = Some(read_gate(None, &progress).1);
+            None
+        }
+        (None, true) => None,
+    };
+    let synced = match sync_or_installed(common, &progress, load, gate_bin.as_deref()).await {
         Ok(s) => s,
         Err(report) => {
             progress.finish();
@@ -354,6 +452,9 @@ async fn main() -> ExitCode {
         None
     };
     let mut report = synced.report.clone();
+    if report.gate.is_none() {
+        report.gate = unchecked_gate;
+    }
     let libraries = if load {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
         let mut prober = Prober::new(exe, &synced.root);

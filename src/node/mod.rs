@@ -19,6 +19,7 @@
 
 pub mod beneath;
 pub mod ekuiper;
+pub mod gate;
 pub mod layout;
 pub mod loader;
 pub mod manifest;
@@ -66,6 +67,33 @@ pub struct Failure {
     pub error: String,
 }
 
+/// A plugin the gate skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// `sources`, `sinks` or `functions`.
+    #[serde(rename = "type")]
+    pub plugin_type: PluginType,
+    /// Plugin name.
+    pub name: String,
+    /// The registry's version, which was not installed.
+    pub version: String,
+    /// Each difference from the node's eKuiper build
+    /// (`built with go1.25.4, node has go1.26.8`).
+    pub reasons: Vec<String>,
+}
+
+/// What the gate checked plugins against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GateInfo {
+    /// Whether plugins were checked.
+    pub checked: bool,
+    /// The eKuiper executable read (`--ekuiper-bin`, or the one `ekuiper` runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ekuiper: Option<String>,
+    /// Its Go version and C library, or why nothing was checked.
+    pub detail: String,
+}
+
 /// The one JSON document `kuiper-node` prints on stdout.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -83,6 +111,12 @@ pub struct Report {
     /// `ekuiper` only: what the stock eKuiper showed after it started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ekuiper: Option<ekuiper::EkuiperStatus>,
+    /// Plugins the node's stock eKuiper would refuse (see `--ekuiper-bin`):
+    /// not downloaded, and what the node had of them kept as it was.
+    pub skipped: Vec<Skipped>,
+    /// Whether plugins were checked against the node's eKuiper build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateInfo>,
     /// Everything that did not work, one entry per plugin.
     pub failed: Vec<Failure>,
 }
@@ -102,7 +136,7 @@ impl Report {
 
     /// Whether everything synced (and loaded).
     pub fn ok(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.skipped.is_empty()
     }
 
     /// Sorts every list by type, then name.
@@ -115,6 +149,8 @@ impl Report {
         ] {
             list.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
         }
+        self.skipped
+            .sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
         if let Some(l) = &mut self.loaded {
             l.sort_by(|a, b| (a.plugin_type, &a.name).cmp(&(b.plugin_type, &b.name)));
         }

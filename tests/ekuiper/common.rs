@@ -60,15 +60,7 @@ impl Stack {
             "true".to_string(),
         ])
         .expect("config");
-        let store = S3Store::new(S3Settings {
-            bucket: bucket.clone(),
-            prefix: "registry".into(),
-            endpoint: Some(minio.endpoint()),
-            region: Some(MINIO_REGION.into()),
-            credentials: Some((MINIO_ACCESS_KEY.into(), MINIO_SECRET_KEY.into())),
-            allow_unsafe: false,
-        })
-        .await;
+        let store = store_of(minio, &bucket).await;
         let app = build_app(store, &config).expect("app");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -89,6 +81,30 @@ impl Stack {
             tmp,
             server,
         }
+    }
+
+    /// The registry's store, as plugin-api opens it.
+    pub async fn store(&self) -> S3Store {
+        store_of(self.minio, &self.bucket).await
+    }
+
+    /// Removes the build fingerprint from the stored metadata of `ty/name`,
+    /// as metadata written before fingerprints were recorded has none.
+    pub async fn forget_fingerprint(&self, ty: &str, name: &str) {
+        use kuiper_registry::store::{Condition, Store};
+        let store = self.store().await;
+        let key = format!("plugins/{ty}/{name}.json");
+        let object = store.get(&key).await.expect("read").expect("metadata");
+        let mut meta: Value = serde_json::from_slice(&object.body).expect("JSON");
+        meta.as_object_mut().expect("object").remove("build");
+        store
+            .put(
+                &key,
+                serde_json::to_vec(&meta).unwrap().into(),
+                Condition::None,
+            )
+            .await
+            .expect("write");
     }
 
     /// The node's `--store`.
@@ -210,6 +226,18 @@ impl Stack {
     pub async fn supervised(&self, root: &Path) -> Supervised {
         Supervised::start(self, root, Ports::free(), &[]).await
     }
+}
+
+async fn store_of(minio: &Minio, bucket: &str) -> S3Store {
+    S3Store::new(S3Settings {
+        bucket: bucket.to_string(),
+        prefix: "registry".into(),
+        endpoint: Some(minio.endpoint()),
+        region: Some(MINIO_REGION.into()),
+        credentials: Some((MINIO_ACCESS_KEY.into(), MINIO_SECRET_KEY.into())),
+        allow_unsafe: false,
+    })
+    .await
 }
 
 fn merge(body: &mut Value, extra: Value) {

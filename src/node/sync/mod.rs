@@ -114,6 +114,10 @@ pub struct SyncOptions {
     /// stream. 0 streams everything through files: slower, least memory.
     /// The same files are installed whatever the budget.
     pub memory_bytes: usize,
+    /// The build fingerprint of the node's stock eKuiper, when known: Go
+    /// plugins it would refuse ([`crate::node::gate`]) are skipped before
+    /// anything is downloaded. `None` checks nothing.
+    pub ekuiper: Option<package::BuildFingerprint>,
 }
 
 impl SyncOptions {
@@ -129,6 +133,7 @@ impl SyncOptions {
             zip_limits: ZipLimits::default(),
             arch: package::host_arch().to_string(),
             memory_bytes: DEFAULT_MEMORY_BYTES,
+            ekuiper: None,
         }
     }
 }
@@ -399,6 +404,32 @@ impl<S: Store> Ctx<'_, S> {
             });
     }
 
+    /// Why the node's eKuiper would refuse the plugin of `meta`, if it would.
+    fn refused(&self, meta: &PluginMeta) -> Option<Vec<String>> {
+        let node = self.opts.ekuiper.as_ref()?;
+        let plugin = meta.build.as_ref()?;
+        let reasons = crate::node::gate::refusals(node, plugin);
+        (!reasons.is_empty()).then_some(reasons)
+    }
+
+    /// Reports a plugin the gate skipped: not downloaded, what the node had of it kept.
+    fn skip(&self, ty: PluginType, name: &str, version: &str, reasons: Vec<String>) {
+        self.progress.line(&format!(
+            "skipped   {ty}/{name} {version}: the node's eKuiper would refuse it: {}; not installed",
+            reasons.join("; ")
+        ));
+        self.report
+            .lock()
+            .expect("report lock")
+            .skipped
+            .push(crate::node::Skipped {
+                plugin_type: ty,
+                name: name.to_string(),
+                version: version.to_string(),
+                reasons,
+            });
+    }
+
     fn done(&self, ty: PluginType, name: &str, outcome: Outcome) {
         let (verb, version) = match outcome {
             Outcome::Installed(v) => ("installed", v),
@@ -463,7 +494,13 @@ impl<S: Store> Ctx<'_, S> {
                     let ready_tx = ready_tx.clone();
                     async move {
                         let staged = match read {
-                            Ok(MetaRead::Fetch(fetch)) => self.fetch(ty, &name, *fetch).await,
+                            Ok(MetaRead::Fetch(fetch)) => {
+                                if let Some(reasons) = self.refused(&fetch.meta) {
+                                    self.skip(ty, &name, &fetch.meta.version, reasons);
+                                    return self.progress.inc();
+                                }
+                                self.fetch(ty, &name, *fetch).await
+                            }
                             Ok(MetaRead::Done(outcome)) => {
                                 self.done(ty, &name, outcome);
                                 return self.progress.inc();
