@@ -86,3 +86,112 @@ async fn build_information_matches_go_version_m() {
     assert_eq!(f.go, None);
     assert_eq!(f.libc, Libc::Glibc);
 }
+
+/// The offset of the `.go.buildinfo` section in `elf`.
+fn buildinfo_offset(elf: &[u8]) -> usize {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(elf).expect("ELF");
+    let section = file
+        .section_by_name(".go.buildinfo")
+        .expect(".go.buildinfo");
+    section.file_range().expect("in the file").0 as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_the_fingerprint_recorded_at_publish() {
+    let stack = crate::common::Stack::start().await;
+    crate::common::publish_all(&stack).await;
+    let (status, body) = stack
+        .registry(reqwest::Method::GET, "/plugins/sources/ticker", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let meta: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let build = &meta["build"];
+    assert_eq!(build["libc"], "glibc", "{build}");
+    assert_eq!(build["go"]["goVersion"], "go1.26.8", "{build}");
+    assert_eq!(build["go"]["settings"]["-trimpath"], "true", "{build}");
+    assert_eq!(build["go"]["settings"]["-buildmode"], "plugin", "{build}");
+    assert_eq!(build["go"]["settings"]["CGO_ENABLED"], "1", "{build}");
+    let contract = build["go"]["deps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "github.com/lf-edge/ekuiper/contract/v2")
+        .unwrap_or_else(|| panic!("the contract module: {build}"));
+    assert_eq!(contract["version"], "v2.3.1");
+    assert!(
+        contract["sum"].as_str().unwrap().starts_with("h1:"),
+        "{contract}"
+    );
+}
+
+/// Damaged or hostile build information in a real Go plugin is a 400 that
+/// names the problem, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_build_information_is_refused_at_publish() {
+    let stack = crate::common::Stack::start().await;
+    let good = blocking(Rig::get).plugin_bytes("v1", "sinks/Linefile.so");
+    let at = buildinfo_offset(&good);
+    let text_at = at
+        + good[at..]
+            .windows(4)
+            .position(|w| w == b"dep\t")
+            .expect("a dep line");
+    type Damage = (&'static str, Box<dyn Fn(&mut Vec<u8>)>, &'static str);
+    let cases: Vec<Damage> = vec![
+        (
+            "overlong length",
+            Box::new(move |b| b[at + 32..at + 43].copy_from_slice(&[0xff; 11])),
+            "the length of the Go version is damaged",
+        ),
+        (
+            "oversized",
+            Box::new(move |b| {
+                let v = b[at + 32] as usize;
+                b[at + 33 + v..at + 33 + v + 5].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+            }),
+            "more than the",
+        ),
+        (
+            "old pointer format",
+            Box::new(move |b| b[at + 15] = 0),
+            "format of Go before 1.18",
+        ),
+        (
+            "not UTF-8",
+            Box::new(move |b| b[text_at + 4] = 0xff),
+            "not UTF-8",
+        ),
+        (
+            "unknown line",
+            Box::new(move |b| b[text_at + 2] = b'q'),
+            "unknown kind",
+        ),
+    ];
+    for (what, damage, want) in cases {
+        let mut lib = good.clone();
+        damage(&mut lib);
+        let zip = kuiper_harness::zips::ZipBuilder::new()
+            .file("Linefile@v1.0.0.so", lib)
+            .build();
+        let url = stack
+            .serve(&format!("/damaged/{}.zip", what.replace(' ', "-")), zip)
+            .await;
+        let (status, body) = stack
+            .registry(
+                reqwest::Method::POST,
+                "/plugins/sinks",
+                Some(serde_json::json!({"name": "linefile", "file": url})),
+            )
+            .await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(
+            body.contains("Go build information") && body.contains(want),
+            "{what}: {body}"
+        );
+    }
+    let (_, list) = stack
+        .registry(reqwest::Method::GET, "/plugins/sinks", None)
+        .await;
+    assert_eq!(list, "[]", "nothing stored");
+}

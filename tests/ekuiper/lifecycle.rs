@@ -34,7 +34,10 @@ async fn publish_update_delete_recreate_through_a_stock_ekuiper() {
     let report = &node.report;
     assert_eq!(report["installed"].as_array().unwrap().len(), 3, "{report}");
     assert_eq!(report["failed"], json!([]), "{report}\n{}", node.output());
-    assert_eq!(report["gate"]["checked"], true, "gated by the kuiperd it runs: {report}");
+    assert_eq!(
+        report["gate"]["checked"], true,
+        "gated by the kuiperd it runs: {report}"
+    );
     let ek = &report["ekuiper"];
     assert_eq!(ek["version"], "2.4.0", "{report}");
     assert_eq!(ek["registered"], json!(["shout"]), "{report}");
