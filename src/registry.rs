@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 
 mod create;
 mod delete;
+mod fingerprints;
 mod functions;
 mod gc;
 pub mod index;
@@ -83,6 +84,16 @@ pub struct PluginMeta {
     pub files: Vec<PackageFile>,
 }
 
+/// The eKuiper of a create's or update's `ekuiper` field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum EkuiperTarget {
+    /// The name of a stored fingerprint.
+    Named(String),
+    /// A fingerprint given inline (what `kuiper-node fingerprint` prints).
+    Inline(crate::package::BuildFingerprint),
+}
+
 /// The body of a create or update.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,6 +113,11 @@ pub struct PluginRequest {
     /// Parameters for `install.sh`.
     #[serde(default)]
     pub shell_paras: Vec<String>,
+    /// The eKuiper the plugin must load into: a build fingerprint, or the
+    /// name of one stored with `PUT /fingerprints/{name}`. A library that
+    /// would not load into it is refused, naming each difference.
+    #[serde(default)]
+    pub ekuiper: Option<EkuiperTarget>,
 }
 
 /// Which plugin owns a function name.

@@ -18,7 +18,7 @@ use crate::package::PluginType;
 use crate::registry::PluginRequest;
 use crate::store::Store;
 
-type Shared<S> = State<Arc<AppState<S>>>;
+pub(super) type Shared<S> = State<Arc<AppState<S>>>;
 
 /// `Path`, with malformed path segments (bad percent-encoding, invalid UTF-8)
 /// answered as a JSON 400 like every other error.
@@ -37,9 +37,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
         }
     }
 }
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
-fn plugin_type(s: &str) -> Result<PluginType, ApiError> {
+pub(super) fn plugin_type(s: &str) -> Result<PluginType, ApiError> {
     PluginType::parse(s).ok_or_else(|| {
         ApiError::not_found(format!(
             "unknown plugin type {s}: use sources, sinks or functions"
@@ -47,7 +47,7 @@ fn plugin_type(s: &str) -> Result<PluginType, ApiError> {
     })
 }
 
-fn body_bytes<S>(
+pub(super) fn body_bytes<S>(
     state: &AppState<S>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, ApiError> {
@@ -89,7 +89,7 @@ fn parse_plugin_body<S>(
     serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
+pub(super) fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
@@ -100,7 +100,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response {
+pub(super) fn text(status: StatusCode, body: String) -> Response {
     (status, body).into_response()
 }
 
@@ -162,13 +162,24 @@ pub async fn list<S: Store>(State(state): Shared<S>, ApiPath(ty): ApiPath<String
 pub async fn describe<S: Store>(
     State(state): Shared<S>,
     ApiPath((ty, name)): ApiPath<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult {
     let ty = plugin_type(&ty)?;
-    let meta =
-        state.registry.describe(ty, &name).await.map_err(|e| {
-            ApiError::from_registry(&format!("describe {ty} plugin {name} error"), e)
-        })?;
-    Ok(Json(meta).into_response())
+    let error = |e| ApiError::from_registry(&format!("describe {ty} plugin {name} error"), e);
+    let meta = state.registry.describe(ty, &name).await.map_err(error)?;
+    // `?fits=NAME`: whether it loads into the eKuiper of a stored fingerprint.
+    let fits = super::fingerprints::fits_query(query.as_deref())?;
+    let Some(fingerprint) = fits else {
+        return Ok(Json(meta).into_response());
+    };
+    let fit = state
+        .registry
+        .fits(ty, &name, &fingerprint)
+        .await
+        .map_err(error)?;
+    let mut value = serde_json::to_value(&meta).expect("metadata serialises");
+    value["fits"] = serde_json::to_value(&fit).expect("a fit serialises");
+    Ok(Json(value).into_response())
 }
 
 /// `PUT /plugins/{type}/{name}`: update.

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod fingerprints;
 pub mod handlers;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ pub struct AppState<S> {
 /// | `GET, POST /plugins/{type}` | list, create |
 /// | `GET, PUT, DELETE /plugins/{type}/{name}` | describe, update, delete |
 /// | `DELETE /rules/{type}/{name}` | delete (alias from the seed document) |
+/// | `GET /fingerprints`, `GET, PUT, DELETE /fingerprints/{name}` | stored eKuiper build fingerprints |
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
     ("GET", "/ping"),
@@ -53,6 +55,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/plugins/{type}/{name}"),
     ("DELETE", "/plugins/{type}/{name}"),
     ("DELETE", "/rules/{type}/{name}"),
+    ("GET", "/fingerprints"),
+    ("GET", "/fingerprints/{name}"),
+    ("PUT", "/fingerprints/{name}"),
+    ("DELETE", "/fingerprints/{name}"),
 ];
 
 /// The handler of one route of [`ROUTES`].
@@ -70,6 +76,10 @@ fn handler<S: Store>(method: &str, path: &str) -> MethodRouter<Arc<AppState<S>>>
         ("DELETE", "/plugins/{type}/{name}") | ("DELETE", "/rules/{type}/{name}") => {
             delete(handlers::delete::<S>)
         }
+        ("GET", "/fingerprints") => get(fingerprints::list::<S>),
+        ("GET", "/fingerprints/{name}") => get(fingerprints::describe::<S>),
+        ("PUT", "/fingerprints/{name}") => put(fingerprints::put::<S>),
+        ("DELETE", "/fingerprints/{name}") => delete(fingerprints::delete::<S>),
         _ => unreachable!("route {method} {path} has no handler"),
     }
 }

@@ -57,6 +57,13 @@ enum Command {
         #[arg(last = true, required = true, num_args = 1..)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Print the build fingerprint of an ELF file as JSON: of the node's
+    /// kuiperd, to store in the registry (`PUT /fingerprints/{name}`) and
+    /// check plugins against at publish; or of a plugin library.
+    Fingerprint {
+        /// The file (e.g. /kuiper/bin/kuiperd).
+        path: PathBuf,
+    },
     /// Internal: load one library and report on stdout (run does this in a
     /// child process for each library, so that one that crashes fails alone).
     #[command(hide = true)]
@@ -161,6 +168,22 @@ fn exit_code(report: &Report) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The `fingerprint` subcommand.
+fn fingerprint(path: &std::path::Path) -> ExitCode {
+    match kuiper_registry::package::fingerprint_file(path) {
+        Ok(f) => {
+            let json = serde_json::to_string_pretty(&f).expect("a fingerprint serialises");
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kuiper-node fingerprint: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -422,6 +445,7 @@ async fn main() -> ExitCode {
             name,
             path,
         } => return probe(plugin_type, name, path),
+        Command::Fingerprint { path } => return fingerprint(path),
     };
     let progress = Progress::stderr();
     // `sync` is what an init step before a stock eKuiper runs: say when its

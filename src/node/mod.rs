@@ -19,7 +19,6 @@
 
 pub mod beneath;
 pub mod ekuiper;
-pub mod gate;
 pub mod layout;
 pub mod loader;
 pub mod manifest;

@@ -5,6 +5,7 @@
 //! (before anything is stored) and on the node (before anything is extracted).
 
 mod buildinfo;
+mod compat;
 mod decode;
 mod elf;
 mod fingerprint;
@@ -17,6 +18,7 @@ mod types;
 pub use buildinfo::{
     encode as encode_go_build, parse as parse_go_build, GoBuild, Module as GoModule,
 };
+pub use compat::refusals;
 pub use elf::{
     check_library, check_library_file, fingerprint_file, host_arch, machine_name, CapturedElf,
     ElfCapture, LibraryFacts, MAX_DYNAMIC_BYTES,

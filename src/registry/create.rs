@@ -47,9 +47,11 @@ impl<S: Store> Registry<S> {
                 return Err(Self::function_clash(f, existing, owner));
             }
         }
+        let target = self.target(req.ekuiper.as_ref()).await?;
         let staged = self
             .stage(ty, name, &url, &req.file, &req.shell_paras)
             .await?;
+        Self::check_fits(target.as_ref(), &staged.info.build)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let claimed = match &functions {
             Some(list) => self.claim_all(name, &id, list, true).await?,
@@ -122,9 +124,11 @@ impl<S: Store> Registry<S> {
         let Some((current, obj)) = self.read_meta(ty, name).await? else {
             return Err(RegistryError::NotExist(name.to_string()));
         };
+        let target = self.target(req.ekuiper.as_ref()).await?;
         let staged = self
             .stage(ty, name, &url, &req.file, &req.shell_paras)
             .await?;
+        Self::check_fits(target.as_ref(), &staged.info.build)?;
         let functions = match ty {
             PluginType::Function => Some(
                 req.functions

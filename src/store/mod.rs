@@ -293,6 +293,14 @@ pub mod keys {
         format!("{UDFS_PREFIX}{}.json", function.to_ascii_lowercase())
     }
 
+    /// Prefix of the stored eKuiper build fingerprints: `fingerprints/`.
+    pub const FINGERPRINTS_PREFIX: &str = "fingerprints/";
+
+    /// A stored eKuiper build fingerprint: `fingerprints/{name}.json`.
+    pub fn fingerprint(name: &str) -> String {
+        format!("{FINGERPRINTS_PREFIX}{name}.json")
+    }
+
     /// Prefix of the store's own objects (`.kuiper/`), never listed: the
     /// record of the store check and its probes. No plugin key starts with `.`.
     pub const RESERVED_PREFIX: &str = ".kuiper/";

@@ -220,3 +220,111 @@ async fn a_refused_update_keeps_the_installed_version() {
         "{stderr}"
     );
 }
+
+/// The registry answers before publish: the node's kuiperd fingerprint is
+/// stored once, and a create naming it refuses a library that would not
+/// load, with the same reasons the node's gate gives; describe says whether
+/// a plugin fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_checks_against_a_stored_ekuiper() {
+    let stack = Stack::start().await;
+    let rig = blocking(Rig::get);
+    let out = stack
+        .node_command(&["fingerprint", &rig.kuiperd().display().to_string()])
+        .output()
+        .await
+        .expect("kuiper-node fingerprint");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fingerprint: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(fingerprint["go"]["goVersion"], "go1.26.8", "{fingerprint}");
+    let (status, body) = stack
+        .registry(
+            reqwest::Method::PUT,
+            "/fingerprints/rig",
+            Some(fingerprint.clone()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, names) = stack
+        .registry(reqwest::Method::GET, "/fingerprints", None)
+        .await;
+    assert_eq!(names, "[\"rig\"]");
+
+    let lib = |set: &str| {
+        ZipBuilder::new()
+            .file(
+                "Linefile@v1.0.0.so",
+                rig.plugin_bytes(set, "sinks/Linefile.so"),
+            )
+            .build()
+    };
+    let create = |zip: Vec<u8>, ekuiper: Value, path: &'static str| {
+        let stack = &stack;
+        async move {
+            let url = stack.serve(path, zip).await;
+            stack
+                .registry(
+                    reqwest::Method::POST,
+                    "/plugins/sinks",
+                    Some(json!({"name": "linefile", "file": url, "ekuiper": ekuiper})),
+                )
+                .await
+        }
+    };
+    // Refused, by name and inline, naming the difference; nothing stored.
+    for (ekuiper, path) in [(json!("rig"), "/c1.zip"), (fingerprint.clone(), "/c2.zip")] {
+        let (status, body) = create(lib("contract230"), ekuiper, path).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("the library would not load into eKuiper")
+                && body.contains(
+                    "github.com/lf-edge/ekuiper/contract/v2 v2.3.0 here, v2.3.1 on the node"
+                ),
+            "{body}"
+        );
+    }
+    let (_, list) = stack
+        .registry(reqwest::Method::GET, "/plugins/sinks", None)
+        .await;
+    assert_eq!(list, "[]");
+    // An unknown name is refused before anything is downloaded.
+    let (status, body) = create(lib("v1"), json!("prod"), "/unknown.zip").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no fingerprint named prod"), "{body}");
+    assert_eq!(
+        stack.files.hits("/unknown.zip").await,
+        0,
+        "nothing downloaded"
+    );
+    // A matching library is created; describe says it fits.
+    let (status, body) = create(lib("v1"), json!("rig"), "/v1.zip").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = stack
+        .registry(
+            reqwest::Method::GET,
+            "/plugins/sinks/linefile?fits=rig",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let meta: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        meta["fits"],
+        json!({"ekuiper": "rig", "fits": true, "reasons": []})
+    );
+    // An update to a build that does not fit is refused; the old one stays.
+    let url = stack.serve("/notrim.zip", lib("notrim")).await;
+    let (status, body) = stack
+        .registry(
+            reqwest::Method::PUT,
+            "/plugins/sinks/linefile",
+            Some(json!({"file": url, "ekuiper": "rig"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("built without -trimpath"), "{body}");
+}

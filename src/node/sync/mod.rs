@@ -115,7 +115,7 @@ pub struct SyncOptions {
     /// The same files are installed whatever the budget.
     pub memory_bytes: usize,
     /// The build fingerprint of the node's stock eKuiper, when known: Go
-    /// plugins it would refuse ([`crate::node::gate`]) are skipped before
+    /// plugins it would refuse ([`package::refusals`]) are skipped before
     /// anything is downloaded. `None` checks nothing.
     pub ekuiper: Option<package::BuildFingerprint>,
 }
@@ -408,7 +408,7 @@ impl<S: Store> Ctx<'_, S> {
     fn refused(&self, meta: &PluginMeta) -> Option<Vec<String>> {
         let node = self.opts.ekuiper.as_ref()?;
         let plugin = meta.build.as_ref()?;
-        let reasons = crate::node::gate::refusals(node, plugin);
+        let reasons = package::refusals(node, plugin);
         (!reasons.is_empty()).then_some(reasons)
     }
 

@@ -1,5 +1,6 @@
-//! The gate: which Go plugins the node's stock eKuiper would refuse, decided
-//! from build fingerprints before anything is downloaded.
+//! Whether a Go plugin loads into a stock eKuiper, decided from both build
+//! fingerprints: the node's gate (before anything is downloaded) and the
+//! registry's `ekuiper` check (before anything is stored) use this one rule.
 //!
 //! Go's `plugin.Open` loads a library only into a host built the same way:
 //! the same toolchain, the same version of every package both contain (the
@@ -17,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::package::{BuildFingerprint, GoBuild, GoModule};
+use super::{BuildFingerprint, GoBuild, GoModule};
 
 /// Build settings that must be equal, and how to name each in a message.
 const SAME_SETTINGS: &[&str] = &[
