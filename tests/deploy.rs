@@ -22,7 +22,7 @@ use kuiper_registry::api::{handlers, ROUTES};
 use kuiper_registry::package::{
     BuildFingerprint, GoBuild, GoModule, Libc, PackageFile, PluginType,
 };
-use kuiper_registry::registry::{PluginMeta, PluginRequest, UdfOwner};
+use kuiper_registry::registry::{EkuiperTarget, PluginMeta, PluginRequest, UdfOwner};
 use kuiper_registry::store::keys;
 use serde_json::{json, Value};
 
@@ -1611,14 +1611,22 @@ fn openapi_bodies_match_the_rust_types() {
     for schema in ["PluginRequest", "PluginUpdateRequest"] {
         assert_eq!(
             schema_properties(&spec, schema),
-            ["name", "file", "callback", "functions", "shellParas"]
-                .map(String::from)
-                .into(),
+            [
+                "name",
+                "file",
+                "callback",
+                "functions",
+                "shellParas",
+                "ekuiper"
+            ]
+            .map(String::from)
+            .into(),
             "{schema} properties"
         );
     }
     let req: PluginRequest = serde_json::from_value(json!({
-        "name": "n", "file": "f", "callback": "c", "functions": ["x"], "shellParas": ["p"]
+        "name": "n", "file": "f", "callback": "c", "functions": ["x"], "shellParas": ["p"],
+        "ekuiper": "prod"
     }))
     .unwrap();
     assert_eq!(
@@ -1629,6 +1637,7 @@ fn openapi_bodies_match_the_rust_types() {
             callback: Some("c".into()),
             functions: Some(vec!["x".into()]),
             shell_paras: vec!["p".into()],
+            ekuiper: Some(EkuiperTarget::Named("prod".into())),
         },
         "a documented property the Rust type does not read"
     );

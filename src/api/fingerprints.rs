@@ -48,7 +48,7 @@ pub async fn describe<S: Store>(
     Ok(Json(f).into_response())
 }
 
-/// `PUT /fingerprints/{name}`: store (201) or replace (200).
+/// `PUT /fingerprints/{name}`: store, replacing one of that name.
 pub async fn put<S: Store>(
     State(state): Shared<S>,
     ApiPath(name): ApiPath<String>,
@@ -69,16 +69,15 @@ pub async fn put<S: Store>(
         )));
     }
     let f: BuildFingerprint = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
-    let replaced = state
+    state
         .registry
         .put_fingerprint(&name, &f)
         .await
         .map_err(|e| ApiError::from_registry(&format!("store fingerprint {name} error"), e))?;
-    Ok(if replaced {
-        text(StatusCode::OK, format!("fingerprint {name} is replaced"))
-    } else {
-        text(StatusCode::CREATED, format!("fingerprint {name} is stored"))
-    })
+    Ok(text(
+        StatusCode::OK,
+        format!("fingerprint {name} is stored"),
+    ))
 }
 
 /// `DELETE /fingerprints/{name}`.

@@ -26,26 +26,19 @@ pub struct Fit {
 }
 
 impl<S: Store> Registry<S> {
-    /// Stores `fingerprint` as `name` (replacing one of that name). Returns
-    /// whether it replaced one.
-    pub async fn put_fingerprint(
-        &self,
-        name: &str,
-        fingerprint: &BuildFingerprint,
-    ) -> Result<bool> {
+    /// Stores `fingerprint` as `name` (replacing one of that name).
+    pub async fn put_fingerprint(&self, name: &str, fingerprint: &BuildFingerprint) -> Result<()> {
         package::validate_name(name)?;
         if fingerprint.go.is_none() {
             return Err(RegistryError::InvalidInput(format!(
                 "fingerprint {name} has no Go build information: stock eKuiper is a Go program; read it with kuiper-node fingerprint PATH-TO-KUIPERD"
             )));
         }
-        let key = keys::fingerprint(name);
-        let existed = self.store.exists(&key).await?;
         let body = serde_json::to_vec_pretty(fingerprint).expect("a fingerprint serialises");
         self.store
-            .put(&key, Bytes::from(body), Condition::None)
+            .put(&keys::fingerprint(name), Bytes::from(body), Condition::None)
             .await?;
-        Ok(existed)
+        Ok(())
     }
 
     /// The fingerprint stored as `name`.

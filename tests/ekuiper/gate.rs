@@ -248,7 +248,7 @@ async fn publish_checks_against_a_stored_ekuiper() {
             Some(fingerprint.clone()),
         )
         .await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 200, "{body}");
     let (_, names) = stack
         .registry(reqwest::Method::GET, "/fingerprints", None)
         .await;
