@@ -195,3 +195,45 @@ async fn damaged_build_information_is_refused_at_publish() {
         .await;
     assert_eq!(list, "[]", "nothing stored");
 }
+
+/// Publish hands a library to the capture in pieces of whatever size the
+/// decoder gives: the fingerprint must not depend on where they are cut
+/// (the magic and the C library's name can straddle two pieces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fingerprint_does_not_depend_on_the_pieces() {
+    use kuiper_registry::package::ElfCapture;
+    let rig = blocking(Rig::get);
+    for (set, rel) in [("v1", "sources/Ticker.so"), ("musl", "sinks/Linefile.so")] {
+        let lib = rig.plugin_bytes(set, rel);
+        let whole = {
+            let mut c = ElfCapture::new();
+            c.write(&lib);
+            c.finish().fingerprint().unwrap()
+        };
+        assert!(whole.go.is_some(), "{set}");
+        // Pieces of 1..=97 bytes near the interesting places, larger elsewhere.
+        let mut seed = 0x9e37_79b9_u64;
+        for round in 0..4 {
+            let mut c = ElfCapture::new();
+            let mut at = 0;
+            while at < lib.len() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let n = if round % 2 == 0 {
+                    1 + (seed % 97) as usize
+                } else {
+                    1 + (seed % 70_000) as usize
+                };
+                let end = (at + n).min(lib.len());
+                c.write(&lib[at..end]);
+                at = end;
+            }
+            assert_eq!(
+                c.finish().fingerprint().unwrap(),
+                whole,
+                "{set}, round {round}"
+            );
+        }
+    }
+}
