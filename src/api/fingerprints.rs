@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::error::ApiError;
-use super::handlers::{body_bytes, json_kind, text, ApiPath, ApiResult, Shared};
+use super::handlers::{parse_object, text, ApiPath, ApiResult, Shared};
 use crate::package::BuildFingerprint;
 use crate::store::Store;
 
@@ -54,21 +54,12 @@ pub async fn put<S: Store>(
     ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let bytes = body_bytes(&state, body)?;
-    let invalid = |e: String| {
-        ApiError::bad_request(format!(
-            "Invalid body: Error decoding the fingerprint json: {e}"
-        ))
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    if !value.is_object() {
-        return Err(invalid(format!(
-            "expected the JSON object kuiper-node fingerprint prints, got {}",
-            json_kind(&value)
-        )));
-    }
-    let f: BuildFingerprint = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    let f: BuildFingerprint = parse_object(
+        &state,
+        body,
+        "fingerprint",
+        "the one kuiper-node fingerprint PATH-TO-KUIPERD prints",
+    )?;
     state
         .registry
         .put_fingerprint(&name, &f)

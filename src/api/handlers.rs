@@ -47,7 +47,7 @@ pub(super) fn plugin_type(s: &str) -> Result<PluginType, ApiError> {
     })
 }
 
-pub(super) fn body_bytes<S>(
+fn body_bytes<S>(
     state: &AppState<S>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, ApiError> {
@@ -72,24 +72,38 @@ fn parse_plugin_body<S>(
     ty: PluginType,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<PluginRequest, ApiError> {
+    parse_object(
+        state,
+        body,
+        &format!("{ty} plugin"),
+        "{\"name\":\"...\",\"file\":\"http://.../plugin.zip\"}",
+    )
+}
+
+/// A JSON object body as `T`; any other body is a 400 saying what `what`
+/// should look like (`like`).
+pub(super) fn parse_object<S, T: serde::de::DeserializeOwned>(
+    state: &AppState<S>,
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    like: &str,
+) -> Result<T, ApiError> {
     let bytes = body_bytes(state, body)?;
     let invalid = |e: String| {
-        ApiError::bad_request(format!(
-            "Invalid body: Error decoding the {ty} plugin json: {e}"
-        ))
+        ApiError::bad_request(format!("Invalid body: Error decoding the {what} json: {e}"))
     };
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
     if !value.is_object() {
         return Err(invalid(format!(
-            "expected a JSON object like {{\"name\":\"...\",\"file\":\"http://.../plugin.zip\"}}, got {}",
+            "expected a JSON object like {like}, got {}",
             json_kind(&value)
         )));
     }
     serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
-pub(super) fn json_kind(v: &serde_json::Value) -> &'static str {
+fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
@@ -260,21 +274,12 @@ pub async fn register_functions<S: Store>(
     ApiPath(name): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let bytes = body_bytes(&state, body)?;
-    let invalid = |e: String| {
-        ApiError::bad_request(format!(
-            "Invalid body: Error decoding the function list json: {e}"
-        ))
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    if !value.is_object() {
-        return Err(invalid(format!(
-            "expected a JSON object like {{\"functions\":[\"f1\",\"f2\"]}}, got {}",
-            json_kind(&value)
-        )));
-    }
-    let list: FunctionList = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    let list: FunctionList = parse_object(
+        &state,
+        body,
+        "function list",
+        "{\"functions\":[\"f1\",\"f2\"]}",
+    )?;
     state
         .registry
         .register_functions(&name, list.functions.unwrap_or_default())

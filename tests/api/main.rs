@@ -12,6 +12,7 @@ mod create;
 mod delete;
 mod disagreement;
 mod faults;
+mod fingerprints;
 mod functions;
 mod limits;
 mod listing;
