@@ -156,13 +156,6 @@ impl StopSignals {
     }
 }
 
-fn print_report(report: &Report) {
-    let json = serde_json::to_string(report).expect("report serializes");
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{json}");
-    let _ = out.flush();
-}
-
 fn exit_code(report: &Report) -> ExitCode {
     if report.ok() {
         ExitCode::SUCCESS
@@ -203,230 +196,6 @@ fn probe(plugin_type: &str, name: &str, path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The gate's input: the fingerprint of the eKuiper executable `bin`, and
-/// what the report says about it. Says on stderr when nothing is checked.
-fn read_gate(
-    bin: Option<&std::path::Path>,
-    progress: &Progress,
-) -> (
-    Option<kuiper_registry::package::BuildFingerprint>,
-    node::GateInfo,
-) {
-    let unchecked = |ekuiper: Option<String>, detail: String| {
-        progress.line(&format!("{detail}; plugins are not checked against it"));
-        (
-            None,
-            node::GateInfo {
-                checked: false,
-                ekuiper,
-                detail,
-            },
-        )
-    };
-    let Some(bin) = bin else {
-        return unchecked(
-            None,
-            "the node's eKuiper build is unknown (no --ekuiper-bin)".into(),
-        );
-    };
-    let shown = Some(bin.display().to_string());
-    match kuiper_registry::package::fingerprint_file(bin) {
-        Ok(f) => match &f.go {
-            Some(go) => {
-                let detail = format!("{}, {}", go.go_version, f.libc);
-                progress.line(&format!(
-                    "checking Go plugins against {} ({detail})",
-                    bin.display()
-                ));
-                (
-                    Some(f.clone()),
-                    node::GateInfo {
-                        checked: true,
-                        ekuiper: shown,
-                        detail,
-                    },
-                )
-            }
-            None => unchecked(
-                shown,
-                format!("{} has no Go build information", bin.display()),
-            ),
-        },
-        Err(e) => unchecked(shown, format!("cannot read the node's eKuiper build: {e}")),
-    }
-}
-
-/// `program` as the system would run it: itself when it names a path, else
-/// the first match on `PATH`.
-fn resolve_program(program: &std::path::Path) -> PathBuf {
-    if program.components().count() > 1 {
-        return program.to_path_buf();
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| program.to_path_buf())
-}
-
-/// Syncs; on a store error, keeps what the last sync installed when `load`
-/// (a node that restarts while the store is down keeps its plugins). The
-/// error is the report to print when there is nothing to fall back on.
-async fn sync_or_installed(
-    common: &Common,
-    progress: &Progress,
-    load: bool,
-    gate_bin: Option<&std::path::Path>,
-) -> Result<node::Synced, Report> {
-    let mut opts = common.options();
-    let gate = gate_bin.map(|bin| {
-        let (fingerprint, info) = read_gate(Some(bin), progress);
-        opts.ekuiper = fingerprint;
-        info
-    });
-    let synced = match node::open_store(&common.store).await {
-        Ok(store) => store.sync(&opts, progress).await,
-        Err(e) => Err(e),
-    };
-    let synced = synced.map(|mut s| {
-        s.report.gate = gate;
-        s
-    });
-    let e = match synced {
-        Ok(s) => return Ok(s),
-        Err(e) => e,
-    };
-    progress.line(&format!("error: {e}"));
-    let fallback = load
-        .then(|| node::installed(&common.root, Report::fatal(e.clone())).ok())
-        .flatten();
-    match fallback {
-        Some(s) => {
-            progress.line("using the plugins installed by the last sync");
-            Ok(s)
-        }
-        None => {
-            let mut report = Report::fatal(e);
-            if load {
-                report.loaded = Some(Vec::new());
-            }
-            Err(report)
-        }
-    }
-}
-
-/// `kuiper-node ekuiper`: sync, then eKuiper as a child (see the subcommand's help).
-async fn run_ekuiper(
-    common: &Common,
-    url: Option<&str>,
-    ready_timeout: Duration,
-    command: &[std::ffi::OsString],
-) -> ExitCode {
-    use kuiper_registry::node::{ekuiper, supervise};
-    let progress = Progress::stderr();
-    // eKuiper starts even when the store is down and nothing was synced yet.
-    let (program, args) = command.split_first().expect("clap requires a command");
-    let gate_bin = common
-        .ekuiper_bin
-        .clone()
-        .unwrap_or_else(|| resolve_program(std::path::Path::new(program)));
-    let synced = match sync_or_installed(common, &progress, true, Some(&gate_bin)).await {
-        Ok(s) => s,
-        Err(mut report) => {
-            let _ = std::fs::create_dir_all(&common.root);
-            let root = common
-                .root
-                .canonicalize()
-                .unwrap_or_else(|_| common.root.clone());
-            report.loaded = None;
-            node::Synced {
-                report,
-                manifest: Default::default(),
-                root,
-            }
-        }
-    };
-    progress.finish();
-    node::release_memory();
-    let url = url
-        .map(str::to_string)
-        .unwrap_or_else(|| ekuiper::default_url(|k| std::env::var(k).ok()));
-    let rest = match ekuiper::Rest::new(&url) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("kuiper-node: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let forwarder = supervise::Forwarder::install();
-    let child = match supervise::spawn(std::path::Path::new(program), args, &synced.root) {
-        Ok(c) => c,
-        Err(e) => {
-            let mut report = synced.report.clone();
-            report.failed.push(node::Failure {
-                plugin_type: String::new(),
-                name: String::new(),
-                error: e.clone(),
-            });
-            progress.line(&format!("error: {e}"));
-            print_report(&report);
-            return ExitCode::FAILURE;
-        }
-    };
-    let pid = child.id();
-    progress.line(&format!(
-        "eKuiper started (pid {}); waiting for {url}",
-        pid.unwrap_or_default()
-    ));
-    let started = async {
-        let mut report = synced.report.clone();
-        let gone = || pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
-        let status = if rest.wait_ready(ready_timeout, gone).await {
-            ekuiper::after_start(&rest, &synced.manifest).await
-        } else {
-            let mut s = ekuiper::EkuiperStatus {
-                url: url.clone(),
-                ..Default::default()
-            };
-            s.not_loaded.push(node::Failure {
-                plugin_type: String::new(),
-                name: String::new(),
-                error: format!(
-                    "eKuiper did not answer {url}/ping within {}; function lists not registered, nothing checked",
-                    humantime::format_duration(ready_timeout)
-                ),
-            });
-            s
-        };
-        report.failed.extend(status.not_loaded.iter().cloned());
-        for f in &status.not_loaded {
-            progress.line(&format!(
-                "eKuiper: {} {}: {}",
-                f.plugin_type, f.name, f.error
-            ));
-        }
-        progress.line(&format!(
-            "eKuiper {} loaded {} plugin(s) kuiper-node installed",
-            status.version,
-            status.loaded.len()
-        ));
-        report.ekuiper = Some(status);
-        report.sort();
-        print_report(&report);
-    };
-    match supervise::supervise(child, forwarder, started).await {
-        Ok(status) => {
-            progress.line(&format!("eKuiper exited: {status}"));
-            ExitCode::from(supervise::exit_code(status))
-        }
-        Err(e) => {
-            progress.line(&format!("error: waiting for eKuiper: {e}"));
-            ExitCode::FAILURE
-        }
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     node::keep_freed_memory();
@@ -439,7 +208,16 @@ async fn main() -> ExitCode {
             ekuiper_url,
             ready_timeout,
             command,
-        } => return run_ekuiper(common, ekuiper_url.as_deref(), *ready_timeout, command).await,
+        } => {
+            let run = node::start::EkuiperRun {
+                url: ekuiper_url.clone(),
+                ready_timeout: *ready_timeout,
+                command: command.clone(),
+                ekuiper_bin: common.ekuiper_bin.clone(),
+            };
+            let code = node::start::run_ekuiper(&common.store, common.options(), run).await;
+            return ExitCode::from(code);
+        }
         Command::Probe {
             plugin_type,
             name,
@@ -454,16 +232,24 @@ async fn main() -> ExitCode {
     let gate_bin = match (&common.ekuiper_bin, load) {
         (Some(b), _) => Some(b.clone()),
         (None, false) => {
-            unchecked_gate = Some(read_gate(None, &progress).1);
+            unchecked_gate = Some(node::start::read_gate(None, &progress).1);
             None
         }
         (None, true) => None,
     };
-    let synced = match sync_or_installed(common, &progress, load, gate_bin.as_deref()).await {
+    let synced = match node::start::sync_or_installed(
+        &common.store,
+        common.options(),
+        &progress,
+        load,
+        gate_bin.as_deref(),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(report) => {
             progress.finish();
-            print_report(&report);
+            report.print();
             return ExitCode::FAILURE;
         }
     };
@@ -487,7 +273,7 @@ async fn main() -> ExitCode {
         Vec::new()
     };
     progress.finish();
-    print_report(&report);
+    report.print();
     if let Some(stop) = stop {
         progress.line(&format!(
             "{} plugin(s) loaded; running until SIGTERM or SIGINT",

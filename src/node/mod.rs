@@ -9,9 +9,10 @@
 //! - [`loader`]: `libloading` and the ABI v1 descriptor checks.
 //! - [`probe`]: each library loaded in a child process first, so that one
 //!   that crashes fails alone.
-//! - [`supervise`], [`ekuiper`]: `kuiper-node ekuiper` runs stock eKuiper as a
-//!   child after the sync, registers function lists through its REST API and
-//!   reports what it loaded.
+//! - [`start`], [`supervise`], [`ekuiper`]: the sync or the last sync's
+//!   plugins, the gate's input, and `kuiper-node ekuiper`, which runs stock
+//!   eKuiper as a child after the sync, registers function lists through its
+//!   REST API and reports what it loaded.
 //!
 //! Changes take effect when a node (re)starts: a library that is loaded is
 //! never written to; an update renames a new file into place and removes the
@@ -23,6 +24,7 @@ pub mod layout;
 pub mod loader;
 pub mod manifest;
 pub mod probe;
+pub mod start;
 pub mod supervise;
 pub mod sync;
 
@@ -131,6 +133,15 @@ impl Report {
             }],
             ..Report::default()
         }
+    }
+
+    /// Prints the report as one line of JSON on stdout.
+    pub fn print(&self) {
+        use std::io::Write as _;
+        let json = serde_json::to_string(self).expect("report serializes");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
     }
 
     /// Whether everything synced (and loaded).
