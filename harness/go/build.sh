@@ -35,7 +35,10 @@ mkdir -p "$out/bin" "$out/stamps"
 out=$(cd "$out" && pwd)
 cd "$here"
 
-export GOFLAGS="-p=1 ${GOFLAGS:-}"
+# No VCS stamping: the plugins and kuiperd of any commit of this repository are
+# then byte-identical, so a clone at another commit reuses the Go build cache
+# (vcs.* build settings do not enter the package hashes plugin.Open compares).
+export GOFLAGS="-p=1 -buildvcs=false ${GOFLAGS:-}"
 export CGO_ENABLED=1 # kuiperd must be cgo-linked for plugin.Open; plugins need it too
 # Flags of eKuiper's own release build (Makefile target build_without_edgex).
 # The plugins get the same -trimpath: a mismatch makes plugin.Open fail.
