@@ -142,32 +142,35 @@ impl Stack {
 
     /// Publishes `zip` as plugin `ty/name` (create), with extra body fields; asserts 201.
     pub async fn publish(&self, ty: &str, name: &str, zip: Vec<u8>, extra: Value) {
-        let url = self
-            .serve(&format!("/{ty}/{name}-{}.zip", tag(&zip)), zip)
+        let path = format!("/plugins/{ty}");
+        self.send_zip(reqwest::Method::POST, &path, name, zip, extra, 201)
             .await;
-        let mut body = json!({"name": name, "file": url});
-        merge(&mut body, extra);
-        let (status, text) = self
-            .registry(reqwest::Method::POST, &format!("/plugins/{ty}"), Some(body))
-            .await;
-        assert_eq!(status, 201, "create {ty}/{name}: {text}");
     }
 
     /// Updates plugin `ty/name` to `zip`; asserts 200.
     pub async fn update(&self, ty: &str, name: &str, zip: Vec<u8>, extra: Value) {
+        let path = format!("/plugins/{ty}/{name}");
+        self.send_zip(reqwest::Method::PUT, &path, name, zip, extra, 200)
+            .await;
+    }
+
+    /// Serves `zip` and sends a create or update of `name` naming it; asserts `want`.
+    async fn send_zip(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        name: &str,
+        zip: Vec<u8>,
+        extra: Value,
+        want: u16,
+    ) {
         let url = self
-            .serve(&format!("/{ty}/{name}-{}.zip", tag(&zip)), zip)
+            .serve(&format!("/zips/{name}-{}.zip", tag(&zip)), zip)
             .await;
         let mut body = json!({"name": name, "file": url});
         merge(&mut body, extra);
-        let (status, text) = self
-            .registry(
-                reqwest::Method::PUT,
-                &format!("/plugins/{ty}/{name}"),
-                Some(body),
-            )
-            .await;
-        assert_eq!(status, 200, "update {ty}/{name}: {text}");
+        let (status, text) = self.registry(method.clone(), path, Some(body)).await;
+        assert_eq!(status, want, "{method} {path}: {text}");
     }
 
     /// Deletes plugin `ty/name` from the registry; asserts 200.

@@ -177,23 +177,20 @@ async fn a_refused_update_keeps_the_installed_version() {
     let stack = Stack::start().await;
     let rig = blocking(Rig::get);
     let kuiperd = rig.kuiperd().display().to_string();
-    let lib = |set: &str| {
-        ZipBuilder::new()
-            .file(
-                "Linefile@v1.0.0.so",
-                rig.plugin_bytes(set, "sinks/Linefile.so"),
-            )
-            .build()
-    };
     stack
-        .publish("sinks", "linefile", lib("v1"), json!({}))
+        .publish("sinks", "linefile", zips::linefile("v1"), json!({}))
         .await;
     let root = stack.new_node_dir("node");
     let (report, _) = sync_with(&stack, &root, &["--ekuiper-bin", &kuiperd]).await;
     assert_eq!(report["installed"][0]["name"], "linefile", "{report}");
 
     stack
-        .update("sinks", "linefile", lib("contract230"), json!({}))
+        .update(
+            "sinks",
+            "linefile",
+            zips::linefile("contract230"),
+            json!({}),
+        )
         .await;
     let (report, stderr) = sync_with(&stack, &root, &["--ekuiper-bin", &kuiperd]).await;
     assert_eq!(report["skipped"][0]["name"], "linefile", "{report}");
@@ -254,14 +251,6 @@ async fn publish_checks_against_a_stored_ekuiper() {
         .await;
     assert_eq!(names, "[\"rig\"]");
 
-    let lib = |set: &str| {
-        ZipBuilder::new()
-            .file(
-                "Linefile@v1.0.0.so",
-                rig.plugin_bytes(set, "sinks/Linefile.so"),
-            )
-            .build()
-    };
     let create = |zip: Vec<u8>, ekuiper: Value, path: &'static str| {
         let stack = &stack;
         async move {
@@ -277,7 +266,7 @@ async fn publish_checks_against_a_stored_ekuiper() {
     };
     // Refused, by name and inline, naming the difference; nothing stored.
     for (ekuiper, path) in [(json!("rig"), "/c1.zip"), (fingerprint.clone(), "/c2.zip")] {
-        let (status, body) = create(lib("contract230"), ekuiper, path).await;
+        let (status, body) = create(zips::linefile("contract230"), ekuiper, path).await;
         assert_eq!(status, 400, "{body}");
         assert!(
             body.contains("the library would not load into eKuiper")
@@ -292,7 +281,7 @@ async fn publish_checks_against_a_stored_ekuiper() {
         .await;
     assert_eq!(list, "[]");
     // An unknown name is refused before anything is downloaded.
-    let (status, body) = create(lib("v1"), json!("prod"), "/unknown.zip").await;
+    let (status, body) = create(zips::linefile("v1"), json!("prod"), "/unknown.zip").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("no fingerprint named prod"), "{body}");
     assert_eq!(
@@ -301,7 +290,7 @@ async fn publish_checks_against_a_stored_ekuiper() {
         "nothing downloaded"
     );
     // A matching library is created; describe says it fits.
-    let (status, body) = create(lib("v1"), json!("rig"), "/v1.zip").await;
+    let (status, body) = create(zips::linefile("v1"), json!("rig"), "/v1.zip").await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = stack
         .registry(
@@ -317,7 +306,7 @@ async fn publish_checks_against_a_stored_ekuiper() {
         json!({"ekuiper": "rig", "fits": true, "reasons": []})
     );
     // An update to a build that does not fit is refused; the old one stays.
-    let url = stack.serve("/notrim.zip", lib("notrim")).await;
+    let url = stack.serve("/notrim.zip", zips::linefile("notrim")).await;
     let (status, body) = stack
         .registry(
             reqwest::Method::PUT,
