@@ -99,6 +99,11 @@ pub struct ServiceConfig {
     /// Seconds SIGTERM or SIGINT waits for requests in progress before exiting (local server).
     #[arg(long, env = "KUIPER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+
+    /// Seconds without a report after which `GET /nodes` shows a node stale.
+    /// Default: three of the node's own report intervals.
+    #[arg(long, env = "KUIPER_NODE_STALE_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_stale_secs: Option<u64>,
 }
 
 impl ServiceConfig {
@@ -157,6 +162,7 @@ impl ServiceConfig {
                 ..ZipLimits::default()
             },
             allow_file_urls: local && self.uploads_dir.is_some(),
+            node_stale_after: self.node_stale_secs.map(Duration::from_secs),
             ..RegistrySettings::default()
         }
     }

@@ -9,11 +9,13 @@
 //! - [`store`]: the `Store` trait, the bucket layout, the local and S3 backends.
 //! - [`config`]: environment variables and flags.
 //! - [`server`]: wiring config -> store -> registry -> router, for the binaries.
+//! - [`fleet`]: node reports in the store, and their drift from the registry.
 //! - [`node`]: the node agent (`kuiper-node`): sync a node's directory and load its plugins.
 
 pub mod api;
 pub mod config;
 pub mod fetch;
+pub mod fleet;
 pub mod node;
 pub mod package;
 pub mod registry;

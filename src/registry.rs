@@ -16,7 +16,8 @@
 //!
 //! Modules: `stage` (download, check, store a zip), `create` (create,
 //! update), `delete`, `functions` (claims, udfs, register), `gc` (garbage
-//! collection and the start-up clean-up), [`index`] (the name index).
+//! collection and the start-up clean-up), [`index`] (the name index),
+//! [`nodes`] (fleet status from the nodes' reports).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ mod fingerprints;
 mod functions;
 mod gc;
 pub mod index;
+pub mod nodes;
 mod stage;
 
 pub use gc::{GcReport, STALE_TEMP_AGE};
@@ -234,6 +236,9 @@ pub struct RegistrySettings {
     /// spool writes need them too; creates beyond this are checked in full
     /// after their download.
     pub max_scans: usize,
+    /// How long a node may go without reporting before `GET /nodes` shows
+    /// it stale; `None`: three of the node's own report intervals.
+    pub node_stale_after: Option<Duration>,
 }
 
 impl Default for RegistrySettings {
@@ -244,6 +249,7 @@ impl Default for RegistrySettings {
             allow_file_urls: false,
             claim_grace: Duration::from_secs(600),
             max_scans: 64,
+            node_stale_after: None,
         }
     }
 }

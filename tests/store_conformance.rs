@@ -137,6 +137,55 @@ async fn listing<S: Store>(s: &S) {
     assert_eq!(keys, all.iter().map(|l| l.key.clone()).collect::<Vec<_>>());
 }
 
+/// Pages of a listing: in order, none missed or repeated, `more` exact.
+async fn pages<S: Store>(s: &S) {
+    let mut want = Vec::new();
+    for i in 0..25 {
+        let k = format!("nodes/n{i:03}.json");
+        s.put(&k, Bytes::from(k.clone()), Condition::None)
+            .await
+            .unwrap();
+        want.push(k);
+    }
+    // Neighbours that must never appear in the page.
+    for k in ["nodesx/a.json", "node/b.json"] {
+        s.put(k, Bytes::from_static(b"x"), Condition::None)
+            .await
+            .unwrap();
+    }
+    for size in [1, 7, 25, 1000] {
+        let (mut got, mut after, mut requests) = (Vec::new(), None::<String>, 0);
+        loop {
+            let page = s.list_page("nodes/", after.as_deref(), size).await.unwrap();
+            requests += 1;
+            assert!(page.items.len() <= size);
+            got.extend(page.items.iter().map(|l| l.key.clone()));
+            if !page.more {
+                break;
+            }
+            after = page.items.last().map(|l| l.key.clone());
+            assert!(after.is_some(), "a page with more after it is not empty");
+        }
+        assert_eq!(got, want, "page size {size}");
+        assert!(
+            requests <= want.len().div_ceil(size) + 1,
+            "page size {size}"
+        );
+    }
+    let tail = s
+        .list_page("nodes/", Some("nodes/n022.json"), 10)
+        .await
+        .unwrap();
+    assert_eq!(tail.items.len(), 2);
+    assert!(!tail.more);
+    assert!(tail.items.iter().all(|l| l.size > 0 && l.modified > 0));
+    let one = s.list_page("nodes/n003.json", None, 2).await.unwrap();
+    let keys: Vec<_> = one.items.iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(keys, ["nodes/n003.json"], "a whole key lists only itself");
+    let empty = s.list_page("nodes/", Some("nodes/zzz"), 10).await.unwrap();
+    assert_eq!(empty, Default::default());
+}
+
 async fn files<S: Store>(s: &S) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("in.zip");
@@ -442,6 +491,7 @@ async fn suite<S: Store>(s: S) {
     get_put_delete(&s).await;
     conditions(&s).await;
     listing(&s).await;
+    pages(&s).await;
     files(&s).await;
     streams(&s).await;
     small_objects_are_capped(&s).await;

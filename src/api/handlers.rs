@@ -181,18 +181,23 @@ pub async fn describe<S: Store>(
     let ty = plugin_type(&ty)?;
     let error = |e| ApiError::from_registry(&format!("describe {ty} plugin {name} error"), e);
     let meta = state.registry.describe(ty, &name).await.map_err(error)?;
-    // `?fits=NAME`: whether it loads into the eKuiper of a stored fingerprint.
     let fits = super::fingerprints::fits_query(query.as_deref())?;
-    let Some(fingerprint) = fits else {
-        return Ok(Json(meta).into_response());
-    };
-    let fit = state
+    let nodes = state
         .registry
-        .fits(ty, &name, &fingerprint)
+        .fleet_summary(ty, &name)
         .await
         .map_err(error)?;
     let mut value = serde_json::to_value(&meta).expect("metadata serialises");
-    value["fits"] = serde_json::to_value(&fit).expect("a fit serialises");
+    value["nodes"] = serde_json::to_value(&nodes).expect("a summary serialises");
+    // `?fits=NAME`: whether it loads into the eKuiper of a stored fingerprint.
+    if let Some(fingerprint) = fits {
+        let fit = state
+            .registry
+            .fits(ty, &name, &fingerprint)
+            .await
+            .map_err(error)?;
+        value["fits"] = serde_json::to_value(&fit).expect("a fit serialises");
+    }
     Ok(Json(value).into_response())
 }
 

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod fingerprints;
 pub mod handlers;
+pub mod nodes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub struct AppState<S> {
 /// | `GET, PUT, DELETE /plugins/{type}/{name}` | describe, update, delete |
 /// | `DELETE /rules/{type}/{name}` | delete (alias from the seed document) |
 /// | `GET /fingerprints`, `GET, PUT, DELETE /fingerprints/{name}` | stored eKuiper build fingerprints |
+/// | `GET /nodes`, `GET /nodes/{id}` | fleet status from the nodes' reports |
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
     ("GET", "/ping"),
@@ -59,6 +61,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/fingerprints/{name}"),
     ("PUT", "/fingerprints/{name}"),
     ("DELETE", "/fingerprints/{name}"),
+    ("GET", "/nodes"),
+    ("GET", "/nodes/{id}"),
 ];
 
 /// The handler of one route of [`ROUTES`].
@@ -80,6 +84,8 @@ fn handler<S: Store>(method: &str, path: &str) -> MethodRouter<Arc<AppState<S>>>
         ("GET", "/fingerprints/{name}") => get(fingerprints::describe::<S>),
         ("PUT", "/fingerprints/{name}") => put(fingerprints::put::<S>),
         ("DELETE", "/fingerprints/{name}") => delete(fingerprints::delete::<S>),
+        ("GET", "/nodes") => get(nodes::list::<S>),
+        ("GET", "/nodes/{id}") => get(nodes::describe::<S>),
         _ => unreachable!("route {method} {path} has no handler"),
     }
 }

@@ -10,11 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use kuiper_registry::node::probe::{self as node_probe, Prober};
-use kuiper_registry::node::{self, Progress, Report, SyncOptions};
+use kuiper_registry::node::probe as node_probe;
+use kuiper_registry::node::{self, SyncOptions};
 use kuiper_registry::package::PluginType;
 use kuiper_registry::store::StoreUrl;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,6 +112,22 @@ struct Common {
     /// before download. `ekuiper` reads the one it runs unless this is given.
     #[arg(long, env = "KUIPER_NODE_EKUIPER_BIN")]
     ekuiper_bin: Option<PathBuf>,
+    /// This node's id in the store: its report is nodes/{ID}.json. Default:
+    /// the host name and 8 hex digits of the root's hash, stable across restarts.
+    #[arg(long, env = "KUIPER_NODE_ID")]
+    node_id: Option<String>,
+    /// How often a running node (`run`, `ekuiper`) writes its report again,
+    /// so that one that stops shows as stale (e.g. 30s, 5m).
+    #[arg(long, env = "KUIPER_NODE_REPORT_INTERVAL", default_value = "60s", value_parser = parse_interval)]
+    report_interval: Duration,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("the report interval is at least 1s".into());
+    }
+    Ok(d)
 }
 
 impl Common {
@@ -124,43 +139,12 @@ impl Common {
         opts.memory_bytes = usize::try_from(self.memory_bytes).unwrap_or(usize::MAX);
         opts
     }
-}
 
-/// SIGTERM and SIGINT, listened to from the moment they are installed.
-struct StopSignals {
-    term: Option<Signal>,
-    int: Option<Signal>,
-}
-
-impl StopSignals {
-    fn install() -> Self {
-        StopSignals {
-            term: signal(SignalKind::terminate()).ok(),
-            int: signal(SignalKind::interrupt()).ok(),
+    fn identity(&self) -> node::start::NodeIdentity {
+        node::start::NodeIdentity {
+            id: self.node_id.clone(),
+            interval: self.report_interval,
         }
-    }
-
-    async fn wait(mut self) {
-        async fn recv(s: &mut Option<Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
-        tokio::select! {
-            () = recv(&mut self.term) => {}
-            () = recv(&mut self.int) => {}
-        }
-    }
-}
-
-fn exit_code(report: &Report) -> ExitCode {
-    if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 
@@ -200,9 +184,29 @@ fn probe(plugin_type: &str, name: &str, path: &std::path::Path) -> ExitCode {
 async fn main() -> ExitCode {
     node::keep_freed_memory();
     let cli = Cli::parse();
-    let (common, load, once) = match &cli.command {
-        Command::Sync(c) => (c, false, true),
-        Command::Run { common, once } => (common, true, *once),
+    let code = match &cli.command {
+        Command::Sync(c) => {
+            node::start::run_plain(
+                &c.store,
+                c.options(),
+                false,
+                true,
+                c.ekuiper_bin.as_deref(),
+                &c.identity(),
+            )
+            .await
+        }
+        Command::Run { common: c, once } => {
+            node::start::run_plain(
+                &c.store,
+                c.options(),
+                true,
+                *once,
+                c.ekuiper_bin.as_deref(),
+                &c.identity(),
+            )
+            .await
+        }
         Command::Ekuiper {
             common,
             ekuiper_url,
@@ -215,8 +219,7 @@ async fn main() -> ExitCode {
                 command: command.clone(),
                 ekuiper_bin: common.ekuiper_bin.clone(),
             };
-            let code = node::start::run_ekuiper(&common.store, common.options(), run).await;
-            return ExitCode::from(code);
+            node::start::run_ekuiper(&common.store, common.options(), run, &common.identity()).await
         }
         Command::Probe {
             plugin_type,
@@ -225,64 +228,5 @@ async fn main() -> ExitCode {
         } => return probe(plugin_type, name, path),
         Command::Fingerprint { path } => return fingerprint(path),
     };
-    let progress = Progress::stderr();
-    // `sync` is what an init step before a stock eKuiper runs: say when its
-    // build is unknown. `run` loads through the plugin ABI, not eKuiper.
-    let mut unchecked_gate = None;
-    let gate_bin = match (&common.ekuiper_bin, load) {
-        (Some(b), _) => Some(b.clone()),
-        (None, false) => {
-            unchecked_gate = Some(node::start::read_gate(None, &progress).1);
-            None
-        }
-        (None, true) => None,
-    };
-    let synced = match node::start::sync_or_installed(
-        &common.store,
-        common.options(),
-        &progress,
-        load,
-        gate_bin.as_deref(),
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(report) => {
-            progress.finish();
-            report.print();
-            return ExitCode::FAILURE;
-        }
-    };
-    // Signal handlers are installed before the report is printed, so a
-    // supervisor that signals as soon as it has read the report is honoured.
-    node::release_memory();
-    let stop = if load && !once {
-        Some(StopSignals::install())
-    } else {
-        None
-    };
-    let mut report = synced.report.clone();
-    if report.gate.is_none() {
-        report.gate = unchecked_gate;
-    }
-    let libraries = if load {
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-        let mut prober = Prober::new(exe, &synced.root);
-        node::load_installed(&synced, &mut report, &progress, Some(&mut prober))
-    } else {
-        Vec::new()
-    };
-    progress.finish();
-    report.print();
-    if let Some(stop) = stop {
-        progress.line(&format!(
-            "{} plugin(s) loaded; running until SIGTERM or SIGINT",
-            libraries.len()
-        ));
-        stop.wait().await;
-        progress.line("signal received, exiting");
-    }
-    // Plugins are never unloaded: the process exits with them mapped.
-    std::mem::forget(libraries);
-    exit_code(&report)
+    ExitCode::from(code)
 }

@@ -49,6 +49,10 @@ pub struct Entry {
     /// once more, and the tag recorded then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_etag: Option<String>,
+    /// The plugin's `id` in the metadata it was installed from (absent in
+    /// manifests written before it existed, until the next read of its metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Function plugins: the function names the metadata claimed, so that a
     /// sync that reads no metadata still compares them with other plugins'.
     /// Absent for other types and in manifests written before it existed.

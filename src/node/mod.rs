@@ -9,6 +9,7 @@
 //! - [`loader`]: `libloading` and the ABI v1 descriptor checks.
 //! - [`probe`]: each library loaded in a child process first, so that one
 //!   that crashes fails alone.
+//! - [`report`]: the node's report of itself in the store (`nodes/{id}.json`).
 //! - [`start`], [`supervise`], [`ekuiper`]: the sync or the last sync's
 //!   plugins, the gate's input, and `kuiper-node ekuiper`, which runs stock
 //!   eKuiper as a child after the sync, registers function lists through its
@@ -24,6 +25,7 @@ pub mod layout;
 pub mod loader;
 pub mod manifest;
 pub mod probe;
+pub mod report;
 pub mod start;
 pub mod supervise;
 pub mod sync;
@@ -40,7 +42,7 @@ use crate::store::s3::S3Store;
 use crate::store::StoreUrl;
 
 pub use loader::{LoadedInfo, LoadedPlugin};
-pub use sync::{sync, SyncOptions, Synced, DEFAULT_MEMORY_BYTES};
+pub use sync::{sync, Seen, SyncOptions, Synced, DEFAULT_MEMORY_BYTES};
 
 /// A plugin named in a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,10 +95,14 @@ pub struct GateInfo {
     pub ekuiper: Option<String>,
     /// Its Go version and C library, or why nothing was checked.
     pub detail: String,
+    /// Its fingerprint, for the node report.
+    #[serde(skip)]
+    pub build: Option<crate::package::BuildFingerprint>,
 }
 
 /// The one JSON document `kuiper-node` prints on stdout.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// Plugins installed by this run (new on this node).
     pub installed: Vec<PluginRef>,
@@ -120,6 +126,9 @@ pub struct Report {
     pub gate: Option<GateInfo>,
     /// Everything that did not work, one entry per plugin.
     pub failed: Vec<Failure>,
+    /// Whether the node's report reached the store (`nodes/{node-id}.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_report: Option<report::ReportWrite>,
 }
 
 impl Report {
@@ -319,6 +328,7 @@ pub fn installed(root: &Path, report: Report) -> Result<Synced, String> {
         report,
         manifest,
         root,
+        seen: Default::default(),
     })
 }
 

@@ -7,10 +7,16 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::report::{self, Reporter};
 use super::{
-    ekuiper, installed, open_store, release_memory, supervise, Failure, GateInfo, Progress, Report,
-    SyncOptions, Synced,
+    ekuiper, installed, open_store, release_memory, supervise, Failure, GateInfo, NodeStore,
+    Progress, Report, SyncOptions, Synced,
 };
+use crate::fleet::report::Mode;
 use crate::store::StoreUrl;
 
 /// The gate's input: the fingerprint of the eKuiper executable `bin`, and
@@ -27,6 +33,7 @@ pub fn read_gate(
                 checked: false,
                 ekuiper,
                 detail,
+                build: None,
             },
         )
     };
@@ -51,6 +58,7 @@ pub fn read_gate(
                         checked: true,
                         ekuiper: shown,
                         detail,
+                        build: Some(f.clone()),
                     },
                 )
             }
@@ -79,29 +87,33 @@ pub fn resolve_program(program: &Path) -> PathBuf {
 
 /// Syncs; on a store error, keeps what the last sync installed when `load`
 /// (a node that restarts while the store is down keeps its plugins). The
-/// error is the report to print when there is nothing to fall back on.
+/// error is the report to print when there is nothing to fall back on. The
+/// store, when it could be opened, is returned for the node report.
 pub async fn sync_or_installed(
     store: &StoreUrl,
     mut opts: SyncOptions,
     progress: &Progress,
     load: bool,
     gate_bin: Option<&Path>,
-) -> Result<Synced, Report> {
+) -> (Result<Synced, Report>, Option<Arc<NodeStore>>) {
     let gate = gate_bin.map(|bin| {
         let (fingerprint, info) = read_gate(Some(bin), progress);
         opts.ekuiper = fingerprint;
         info
     });
-    let synced = match open_store(store).await {
-        Ok(store) => store.sync(&opts, progress).await,
-        Err(e) => Err(e),
+    let (synced, opened) = match open_store(store).await {
+        Ok(store) => {
+            let store = Arc::new(store);
+            (store.sync(&opts, progress).await, Some(store))
+        }
+        Err(e) => (Err(e), None),
     };
     let synced = synced.map(|mut s| {
         s.report.gate = gate;
         s
     });
     let e = match synced {
-        Ok(s) => return Ok(s),
+        Ok(s) => return (Ok(s), opened),
         Err(e) => e,
     };
     progress.line(&format!("error: {e}"));
@@ -111,14 +123,156 @@ pub async fn sync_or_installed(
     match fallback {
         Some(s) => {
             progress.line("using the plugins installed by the last sync");
-            Ok(s)
+            (Ok(s), opened)
         }
         None => {
             let mut report = Report::fatal(e);
             if load {
                 report.loaded = Some(Vec::new());
             }
-            Err(report)
+            (Err(report), opened)
+        }
+    }
+}
+
+/// Who the node is in the store, for its reports.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// `--node-id`, or `None` for the default of the host name and root.
+    pub id: Option<String>,
+    /// `--report-interval`: how often a running node reports.
+    pub interval: Duration,
+}
+
+impl NodeIdentity {
+    /// The reporter of a node in `mode` syncing `root` from `url`.
+    fn reporter(
+        &self,
+        url: &StoreUrl,
+        root: &Path,
+        store: Option<Arc<NodeStore>>,
+        mode: Mode,
+    ) -> Result<Reporter, String> {
+        let id = report::node_id(self.id.as_deref(), root)?;
+        let interval = (mode != Mode::Sync).then_some(self.interval);
+        Ok(Reporter::new(id, url.clone(), store, mode, interval))
+    }
+}
+
+/// An empty outcome for `root`, when nothing could be synced or installed.
+fn nothing_synced(root: &Path, report: Report) -> Synced {
+    let _ = std::fs::create_dir_all(root);
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    Synced {
+        report,
+        manifest: Default::default(),
+        root,
+        seen: Default::default(),
+    }
+}
+
+/// `kuiper-node sync` and `kuiper-node run`: sync (and with `load`, load
+/// through the plugin ABI and, unless `once`, keep running until SIGTERM or
+/// SIGINT), report to the store, print the report. Returns the exit code.
+pub async fn run_plain(
+    store: &StoreUrl,
+    opts: SyncOptions,
+    load: bool,
+    once: bool,
+    ekuiper_bin: Option<&Path>,
+    identity: &NodeIdentity,
+) -> u8 {
+    let progress = Progress::stderr();
+    // `sync` is what an init step before a stock eKuiper runs: say when its
+    // build is unknown. `run` loads through the plugin ABI, not eKuiper.
+    let unchecked_gate = (ekuiper_bin.is_none() && !load).then(|| read_gate(None, &progress).1);
+    let root_dir = opts.root.clone();
+    let (synced, opened) = sync_or_installed(store, opts, &progress, load, ekuiper_bin).await;
+    let synced_at = report::timestamp();
+    let mode = if load { Mode::Run } else { Mode::Sync };
+    let reporter = match identity.reporter(store, &root_dir, opened, mode) {
+        Ok(r) => r,
+        Err(e) => {
+            progress.finish();
+            eprintln!("kuiper-node: {e}");
+            return 2;
+        }
+    };
+    let (synced, failed_whole) = match synced {
+        Ok(s) => (s, false),
+        Err(report) => (nothing_synced(&root_dir, report), true),
+    };
+    // Signal handlers are installed before the report is printed, so a
+    // supervisor that signals as soon as it has read the report is honoured.
+    release_memory();
+    let stop = (load && !once && !failed_whole).then(StopSignals::install);
+    let mut report = synced.report.clone();
+    if report.gate.is_none() {
+        report.gate = unchecked_gate;
+    }
+    let libraries = if load && !failed_whole {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let mut prober = super::probe::Prober::new(exe, &synced.root);
+        super::load_installed(&synced, &mut report, &progress, Some(&mut prober))
+    } else {
+        Vec::new()
+    };
+    let build = report.gate.as_ref().and_then(|g| g.build.as_ref());
+    let info = report::ekuiper_info(build, None, None);
+    let node_report = reporter.build(&synced, &report, info, &synced_at);
+    let written = reporter.write(&node_report).await;
+    if let Some(e) = &written.error {
+        progress.line(e);
+    }
+    report.node_report = Some(written);
+    progress.finish();
+    report.print();
+    if let Some(stop) = stop {
+        progress.line(&format!(
+            "{} plugin(s) loaded; running until SIGTERM or SIGINT",
+            libraries.len()
+        ));
+        tokio::select! {
+            () = stop.wait() => {}
+            () = reporter.keep_reporting(node_report, &progress) => {}
+        }
+        progress.line("signal received, exiting");
+    }
+    // Plugins are never unloaded: the process exits with them mapped.
+    std::mem::forget(libraries);
+    if report.ok() {
+        0
+    } else {
+        1
+    }
+}
+
+/// SIGTERM and SIGINT, listened to from the moment they are installed.
+struct StopSignals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.term) => {}
+            () = recv(&mut self.int) => {}
         }
     }
 }
@@ -136,36 +290,79 @@ pub struct EkuiperRun {
     pub ekuiper_bin: Option<PathBuf>,
 }
 
+/// What eKuiper showed once it answered, or why nothing could be checked.
+async fn status_after_start(
+    rest: &ekuiper::Rest,
+    ready_timeout: Duration,
+    pid: Option<u32>,
+    synced: &Synced,
+) -> ekuiper::EkuiperStatus {
+    let gone = || pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+    if rest.wait_ready(ready_timeout, gone).await {
+        return ekuiper::after_start(rest, &synced.manifest).await;
+    }
+    let url = rest.url().to_string();
+    let error = format!(
+        "eKuiper did not answer {url}/ping within {}; function lists not registered, nothing checked",
+        humantime::format_duration(ready_timeout)
+    );
+    ekuiper::EkuiperStatus {
+        url,
+        not_loaded: vec![Failure {
+            plugin_type: String::new(),
+            name: String::new(),
+            error,
+        }],
+        ..Default::default()
+    }
+}
+
 /// `kuiper-node ekuiper`: sync, then eKuiper as a child (see the subcommand's
-/// help). Returns the exit code: eKuiper's, or 1 or 2 when it could not run.
-pub async fn run_ekuiper(store: &StoreUrl, opts: SyncOptions, run: EkuiperRun) -> u8 {
+/// help). Reports to the store after the sync, again once eKuiper answered
+/// (with what it loaded), then at every interval. Returns the exit code:
+/// eKuiper's, or 1 or 2 when it could not run.
+pub async fn run_ekuiper(
+    store: &StoreUrl,
+    opts: SyncOptions,
+    run: EkuiperRun,
+    identity: &NodeIdentity,
+) -> u8 {
     let progress = Progress::stderr();
     let Some((program, args)) = run.command.split_first() else {
         eprintln!("kuiper-node: no eKuiper command given");
         return 2;
     };
-    let ready_timeout = run.ready_timeout;
     let gate_bin = run
         .ekuiper_bin
         .clone()
         .unwrap_or_else(|| resolve_program(Path::new(program)));
     let root_dir = opts.root.clone();
     // eKuiper starts even when the store is down and nothing was synced yet.
-    let synced = match sync_or_installed(store, opts, &progress, true, Some(&gate_bin)).await {
-        Ok(s) => s,
-        Err(mut report) => {
-            let _ = std::fs::create_dir_all(&root_dir);
-            let root = root_dir.canonicalize().unwrap_or_else(|_| root_dir.clone());
-            report.loaded = None;
-            Synced {
-                report,
-                manifest: Default::default(),
-                root,
-            }
-        }
-    };
+    let (synced, opened) = sync_or_installed(store, opts, &progress, true, Some(&gate_bin)).await;
+    let synced_at = report::timestamp();
+    let synced = synced.unwrap_or_else(|mut report| {
+        report.loaded = None;
+        nothing_synced(&root_dir, report)
+    });
     progress.finish();
     release_memory();
+    let reporter = match identity.reporter(store, &root_dir, opened, Mode::Ekuiper) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kuiper-node: {e}");
+            return 2;
+        }
+    };
+    let build = synced.report.gate.as_ref().and_then(|g| g.build.clone());
+    let first = reporter.build(
+        &synced,
+        &synced.report,
+        report::ekuiper_info(build.as_ref(), None, None),
+        &synced_at,
+    );
+    if let Some(e) = reporter.write(&first).await.error {
+        progress.line(&e);
+    }
     let url = run
         .url
         .clone()
@@ -188,10 +385,16 @@ pub async fn run_ekuiper(store: &StoreUrl, opts: SyncOptions, run: EkuiperRun) -
                 error: e.clone(),
             });
             progress.line(&format!("error: {e}"));
+            report.node_report = Some(
+                reporter
+                    .write(&reporter.build(&synced, &report, None, &synced_at))
+                    .await,
+            );
             report.print();
             return 1;
         }
     };
+    let ekuiper_started = report::timestamp();
     let pid = child.id();
     progress.line(&format!(
         "eKuiper started (pid {}); waiting for {url}",
@@ -199,24 +402,7 @@ pub async fn run_ekuiper(store: &StoreUrl, opts: SyncOptions, run: EkuiperRun) -
     ));
     let started = async {
         let mut report = synced.report.clone();
-        let gone = || pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
-        let status = if rest.wait_ready(ready_timeout, gone).await {
-            ekuiper::after_start(&rest, &synced.manifest).await
-        } else {
-            let mut s = ekuiper::EkuiperStatus {
-                url: url.clone(),
-                ..Default::default()
-            };
-            s.not_loaded.push(Failure {
-                plugin_type: String::new(),
-                name: String::new(),
-                error: format!(
-                    "eKuiper did not answer {url}/ping within {}; function lists not registered, nothing checked",
-                    humantime::format_duration(ready_timeout)
-                ),
-            });
-            s
-        };
+        let status = status_after_start(&rest, run.ready_timeout, pid, &synced).await;
         report.failed.extend(status.not_loaded.iter().cloned());
         for f in &status.not_loaded {
             progress.line(&format!(
@@ -229,9 +415,17 @@ pub async fn run_ekuiper(store: &StoreUrl, opts: SyncOptions, run: EkuiperRun) -
             status.version,
             status.loaded.len()
         ));
+        let info = report::ekuiper_info(build.as_ref(), Some(&status), Some(&ekuiper_started));
         report.ekuiper = Some(status);
         report.sort();
+        let node_report = reporter.build(&synced, &report, info, &synced_at);
+        let written = reporter.write(&node_report).await;
+        if let Some(e) = &written.error {
+            progress.line(e);
+        }
+        report.node_report = Some(written);
         report.print();
+        reporter.keep_reporting(node_report, &progress).await;
     };
     match supervise::supervise(child, forwarder, started).await {
         Ok(status) => {

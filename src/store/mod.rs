@@ -42,6 +42,15 @@ pub struct Listed {
     pub etag: Option<ETag>,
 }
 
+/// One page of a listing ([`Store::list_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Keys in lexicographic order, at most the page size.
+    pub items: Vec<Listed>,
+    /// Whether more keys follow the last one.
+    pub more: bool,
+}
+
 /// A piece of a streamed upload ([`Store::put_stream`]).
 #[derive(Debug, Clone)]
 pub enum UploadChunk {
@@ -207,6 +216,31 @@ pub trait Store: Send + Sync + 'static {
     /// Every key under `prefix` (which ends in `/`), in lexicographic order.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
+    /// At most `max` (1 to 1,000) keys that start with `prefix` (a folder
+    /// ending in `/`, or one whole key, to list only it) and sort after
+    /// `after` (from the start when `None`), in lexicographic order: one
+    /// request on S3. A backend without paged listings lists everything and
+    /// cuts the page out.
+    fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send {
+        async move {
+            let max = max.clamp(1, 1000);
+            let mut items: Vec<Listed> = self
+                .list(prefix)
+                .await?
+                .into_iter()
+                .filter(|l| after.is_none_or(|a| l.key.as_str() > a))
+                .collect();
+            let more = items.len() > max;
+            items.truncate(max);
+            Ok(Page { items, more })
+        }
+    }
+
     /// Only the keys under `prefix`, sorted: what listing plugin names needs,
     /// which a backend may produce more cheaply than [`Store::list`].
     fn list_keys(
@@ -299,6 +333,22 @@ pub mod keys {
     /// A stored eKuiper build fingerprint: `fingerprints/{name}.json`.
     pub fn fingerprint(name: &str) -> String {
         format!("{FINGERPRINTS_PREFIX}{name}.json")
+    }
+
+    /// Prefix of the node reports: `nodes/`. A node writes only its own
+    /// report there; the service only reads them.
+    pub const NODES_PREFIX: &str = "nodes/";
+
+    /// The report of one node: `nodes/{node-id}.json`.
+    pub fn node_report(id: &str) -> String {
+        format!("{NODES_PREFIX}{id}.json")
+    }
+
+    /// The node id in a key listed under [`NODES_PREFIX`].
+    pub fn node_id(key: &str) -> Option<&str> {
+        key.strip_prefix(NODES_PREFIX)?
+            .strip_suffix(".json")
+            .filter(|n| !n.is_empty() && !n.contains('/'))
     }
 
     /// Prefix of the store's own objects (`.kuiper/`), never listed: the

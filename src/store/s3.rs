@@ -26,7 +26,8 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    check_small, keys, Condition, ETag, Listed, Object, Store, StoreError, Unfinished, UploadChunk,
+    check_small, keys, Condition, ETag, Listed, Object, Page, Store, StoreError, Unfinished,
+    UploadChunk,
 };
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
@@ -214,18 +215,23 @@ impl S3Store {
                 if key.starts_with(keys::RESERVED_PREFIX) {
                     continue;
                 }
-                out.push(Listed {
-                    key: key.to_string(),
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    modified: obj.last_modified().map_or(0, |t| t.secs().max(0) as u64),
-                    etag: obj.e_tag().map(|t| ETag(t.to_string())),
-                });
+                out.push(listed(key, obj));
             }
         }
         // S3 lists in UTF-8 binary order; sorted here as well, so every
         // backend answers in one order whatever the server does.
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+}
+
+/// A listed object as the store reports it.
+fn listed(key: &str, obj: &aws_sdk_s3::types::Object) -> Listed {
+    Listed {
+        key: key.to_string(),
+        size: obj.size().unwrap_or(0).max(0) as u64,
+        modified: obj.last_modified().map_or(0, |t| t.secs().max(0) as u64),
+        etag: obj.e_tag().map(|t| ETag(t.to_string())),
     }
 }
 
@@ -715,6 +721,50 @@ impl Store for S3Store {
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(map_err("abort multipart upload", e)),
         }
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Page, StoreError> {
+        let max = max.clamp(1, 1000);
+        let mut req = self
+            .client()
+            .await
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.key(prefix))
+            .max_keys(max as i32);
+        if let Some(after) = after {
+            req = req.start_after(self.key(after));
+        }
+        let page = req.send().await.map_err(|e| map_err("list objects", e))?;
+        let mut items = Vec::new();
+        for obj in page.contents() {
+            let Some(key) = obj.key().and_then(|k| self.unprefix(k)) else {
+                continue;
+            };
+            if key.starts_with(keys::RESERVED_PREFIX) {
+                continue;
+            }
+            let listed = listed(key, obj);
+            if listed.size == markers::MARKER_LEN
+                && matches!(
+                    self.at_key(&self.key(&listed.key)).await?,
+                    markers::AtKey::Marker(..)
+                )
+            {
+                continue;
+            }
+            items.push(listed);
+        }
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Page {
+            items,
+            more: page.is_truncated().unwrap_or(false),
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {

@@ -184,6 +184,7 @@ fn plan(m: &Manifest, root: &Path, r: &Ready) -> Result<(Plan, Entry), String> {
         files: union,
         pending: true,
         meta_etag: None,
+        id: Some(meta.id.clone()),
         functions: (meta.plugin_type == PluginType::Function)
             .then(|| super::conflicts::claimed_functions(meta)),
     };

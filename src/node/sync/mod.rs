@@ -148,7 +148,14 @@ pub struct Synced {
     pub manifest: Manifest,
     /// The absolute root directory.
     pub root: PathBuf,
+    /// The entity tag of each plugin's metadata as this sync saw it (listed
+    /// or read): what the node report's drift is computed from. Empty when
+    /// nothing was synced.
+    pub seen: Seen,
 }
+
+/// The metadata entity tag of each plugin a sync saw, by `(type, name)`.
+pub type Seen = BTreeMap<(PluginType, String), String>;
 
 /// What happened to one listed plugin.
 enum Outcome {
@@ -231,6 +238,8 @@ struct Ctx<'a, S> {
     /// [`SyncOptions::memory_bytes`], in bytes.
     memory: Arc<Semaphore>,
     report: Mutex<Report>,
+    /// [`Synced::seen`].
+    seen: Mutex<Seen>,
     progress: &'a Progress,
 }
 
@@ -316,6 +325,7 @@ pub async fn sync<S: Store>(
             opts.memory_bytes.min(Semaphore::MAX_PERMITS),
         )),
         report: Mutex::new(Report::default()),
+        seen: Mutex::new(Seen::new()),
         progress,
     };
 
@@ -330,8 +340,11 @@ pub async fn sync<S: Store>(
     }
 
     let _ = fs::remove_dir_all(&ctx.tmp);
-    let Ctx { book, report, .. } = ctx;
+    let Ctx {
+        book, report, seen, ..
+    } = ctx;
     let mut report = report.into_inner().expect("report lock");
+    let seen = seen.into_inner().expect("seen lock");
     report.sort();
     let manifest = match Arc::try_unwrap(book) {
         Ok(book) => book.manifest.into_inner().expect("manifest lock"),
@@ -341,6 +354,7 @@ pub async fn sync<S: Store>(
         report,
         manifest,
         root,
+        seen,
     })
 }
 
@@ -454,6 +468,11 @@ impl<S: Store> Ctx<'_, S> {
     /// Removes what the registry dropped, installs what it has and the node
     /// does not, and records what is unchanged.
     async fn reconcile(&self, listed: Listing) {
+        self.seen.lock().expect("seen lock").extend(
+            listed
+                .iter()
+                .filter_map(|(k, t)| Some((k.clone(), t.clone()?))),
+        );
         // Dropped plugins go first, so that their files free the names new ones may use.
         let dropped: Vec<(PluginType, String)> = self
             .book
@@ -613,6 +632,12 @@ impl<S: Store> Ctx<'_, S> {
             .map_err(|e| format!("metadata {meta_key} is unreadable: {e}"))?;
         check_meta(ty, name, &meta)?;
         let etag = obj.etag.0;
+        if !etag.is_empty() {
+            self.seen
+                .lock()
+                .expect("seen lock")
+                .insert((ty, name.to_string()), etag.clone());
+        }
 
         let key = manifest::key(ty, name);
         let previous = self.book.lock().plugins.get(&key).cloned();
@@ -633,6 +658,10 @@ impl<S: Store> Ctx<'_, S> {
                     }
                     if e.functions != functions {
                         e.functions = functions;
+                        self.book.dirty.store(true, Ordering::SeqCst);
+                    }
+                    if e.id.as_deref() != Some(meta.id.as_str()) {
+                        e.id = Some(meta.id.clone());
                         self.book.dirty.store(true, Ordering::SeqCst);
                     }
                 }
