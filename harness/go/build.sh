@@ -14,6 +14,9 @@
 #                                     Debian's musl-tools), kuiperd against glibc
 #                                     These three and notrim are libraries a stock kuiperd
 #                                     refuses, each for another reason (README.md's table)
+#   lib/libkdep.so, plugins/needlib/sinks/Needlib.so  a sink that needs a C library
+#                                     besides libc: kuiperd opens it only with
+#                                     LD_LIBRARY_PATH=lib/ (the fleet test's odd node lacks it)
 #   base/                             an empty eKuiper base directory as its release package
 #                                     lays it out (etc/ from the eKuiper module, data/,
 #                                     plugins/{sources,sinks,functions,portable,wasm}, log/);
@@ -185,6 +188,19 @@ build_musl() {
 	fi
 }
 step musl "$(variant musl)" "${mods[@]}" build.sh plugins/sinks/linefile/linefile.go -- build_musl
+
+# A sink linked against lib/libkdep.so (variants/kdep/kdep.c, built here with
+# cc): a library kuiperd loads only where the dynamic linker finds libkdep.
+build_needlib() {
+	local lib="$out/plugins/needlib/sinks/Needlib.so"
+	mkdir -p "$out/lib" "$(dirname "$lib")"
+	cc -shared -fPIC -o "$out/lib/libkdep.so" variants/kdep/kdep.c
+	CGO_LDFLAGS="-L$out/lib" $GO build -trimpath -buildmode=plugin -o "$lib" ./variants/needlib
+	if ! readelf -d "$lib" | grep -q 'NEEDED.*libkdep.so'; then
+		refuse "$lib" "does not need libkdep.so"
+	fi
+}
+step needlib "$out/plugins/needlib/sinks/Needlib.so" "${mods[@]}" build.sh variants/needlib/needlib.go variants/kdep/kdep.c -- build_needlib
 
 echo "total          ${SECONDS}s (this run)"
 cd "$out"

@@ -17,6 +17,7 @@ mod functions;
 mod limits;
 mod listing;
 mod minio;
+mod nodes;
 mod persistence;
 mod races;
 mod reference;

@@ -305,6 +305,13 @@ impl Env {
         assert_eq!(r.0, 200, "delete {ty}/{name}: {}", r.1);
     }
 
+    /// `GET path` on the registry: status and JSON body.
+    pub async fn api_get(&self, path: &str) -> (u16, Value) {
+        let (status, body) = self.send(reqwest::Method::GET, path, None).await;
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
+        (status, v)
+    }
+
     /// The registry's metadata of a plugin.
     pub async fn meta(&self, ty: &str, name: &str) -> Value {
         let r = self

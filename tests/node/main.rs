@@ -10,6 +10,7 @@ mod common;
 mod abi;
 mod conflicts;
 mod crash;
+mod fleet;
 mod incremental;
 mod lifecycle;
 mod links;
