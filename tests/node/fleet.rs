@@ -59,7 +59,8 @@ async fn reports_follow_the_registry(env: Env) {
     assert_eq!(n["state"], "current", "{n}");
     assert_eq!(n["mode"], "run");
     assert_eq!(n["report"]["reportIntervalSecs"], 60);
-    let print = &n["report"]["plugins"][0];
+    // Sorted by type (sources, sinks, functions), then name.
+    let print = &n["report"]["plugins"][1];
     let meta = env.meta("sinks", "print").await;
     assert_eq!(print["name"], "print");
     assert_eq!(print["outcome"], "loaded");
@@ -67,7 +68,7 @@ async fn reports_follow_the_registry(env: Env) {
     assert_eq!(print["sha256"], meta["sha256"]);
     let n = node(&env, "edge-b").await;
     assert_eq!(n["state"], "current", "{n}");
-    assert_eq!(n["report"]["plugins"][0]["outcome"], "installed");
+    assert_eq!(n["report"]["plugins"][1]["outcome"], "installed");
     assert!(
         n["report"].get("reportIntervalSecs").is_none(),
         "sync reports once: {n}"
