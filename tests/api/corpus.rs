@@ -396,3 +396,48 @@ async fn malformed_corpus_local() {
 async fn malformed_corpus_s3() {
     corpus(Backend::S3).await;
 }
+
+/// Node reports are untrusted input too: the bad ones of `nodes::bad_reports`
+/// and every truncation of a good one, each under its own key. `GET /nodes`
+/// answers 200 with each such node `invalid` and an error, and
+/// `GET /nodes/{id}` answers 200 for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_reports_corpus() {
+    let env = TestEnv::start(Backend::Local).await;
+    let good = crate::nodes::report(
+        "good",
+        json!([{"type": "sinks", "name": "a", "outcome": "loaded"}]),
+    )
+    .to_string()
+    .into_bytes();
+    let mut bad: Vec<(String, Vec<u8>)> = crate::nodes::bad_reports()
+        .into_iter()
+        .map(|(id, body)| (id.to_string(), body))
+        .collect();
+    for cut in (0..good.len()).step_by(3) {
+        bad.push((format!("cut{cut:04}"), good[..cut].to_vec()));
+    }
+    for (id, body) in &bad {
+        env.write_object(&format!("nodes/{id}.json"), body.clone())
+            .await;
+    }
+    env.write_object("nodes/good.json", good.clone()).await;
+    let r = env.get("/nodes?limit=1000").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), bad.len() + 1);
+    for n in nodes {
+        let want = if n["id"] == "good" {
+            "restart-needed"
+        } else {
+            "invalid"
+        };
+        assert_eq!(n["state"], want, "{n}");
+    }
+    for (id, _) in &bad {
+        let r = env.get(&format!("/nodes/{id}")).await;
+        assert_eq!(r.status, 200, "{id}: {}", r.body);
+        assert_eq!(r.json()["state"], "invalid", "{id}");
+    }
+}

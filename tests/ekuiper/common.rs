@@ -267,6 +267,17 @@ pub struct Supervised {
 impl Supervised {
     /// Starts it and waits for its report (at most 60 s).
     pub async fn start(stack: &Stack, root: &Path, ports: Ports, extra: &[&str]) -> Supervised {
+        Supervised::start_with_env(stack, root, ports, extra, &[]).await
+    }
+
+    /// [`Supervised::start`] with more environment variables for both processes.
+    pub async fn start_with_env(
+        stack: &Stack,
+        root: &Path,
+        ports: Ports,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Supervised {
         let kuiperd = blocking(|| Rig::get().kuiperd());
         let store = stack.store_arg();
         let root_s = root.display().to_string();
@@ -276,6 +287,7 @@ impl Supervised {
         args.extend(["--", &kuiperd_s]);
         let mut cmd = stack.node_command(&args);
         cmd.envs(node_env(root, ports))
+            .envs(env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start kuiper-node ekuiper");

@@ -8,6 +8,7 @@
 mod common;
 
 mod fingerprint;
+mod fleet;
 mod gate;
 mod lifecycle;
 mod parity;
