@@ -499,6 +499,68 @@ async fn bench_listing() {
     );
 }
 
+/// 12. `GET /nodes` over 10,000 node reports and 1,000 plugins in the
+/// bench's S3 server (written straight into its bucket directory): requests
+/// and time for a page of 100 and of 1,000.
+async fn bench_nodes() {
+    let (nodes, plugins) = if quick() {
+        (2_000, 200)
+    } else {
+        (10_000, 1_000)
+    };
+    let s3 = S3Server::start("nodes").await;
+    populate(&s3.bucket_dir(), "sinks", plugins);
+    let dir = s3.bucket_dir().join("nodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..nodes {
+        let id = format!("edge-{i:05}");
+        let plugins: Vec<_> = (0..20)
+            .map(|k| {
+                serde_json::json!({"type": "sinks", "name": format!("p{:05}", (i + k) % plugins),
+                    "version": "1.0.0", "id": "x", "sha256": "00", "metaEtag": "\"e\"", "outcome": "loaded"})
+            })
+            .collect();
+        let report = serde_json::json!({"format": 1, "nodeId": id, "hostname": "h", "arch": "x86_64",
+            "libc": "glibc", "agentVersion": "0.1.0", "mode": "ekuiper", "started": "2026-12-01T00:00:00Z",
+            "synced": "2026-12-01T00:00:00Z", "reported": "2026-12-01T00:00:00Z",
+            "reportIntervalSecs": 60, "plugins": plugins});
+        std::fs::write(dir.join(format!("{id}.json")), report.to_string()).unwrap();
+    }
+    let (api, _) = spawn(env!("CARGO_BIN_EXE_plugin-api"), &s3_env(&s3)).await;
+    let (t100, l100, g100) = time_get(&api.base, &s3, "/nodes?limit=100").await;
+    let (t1000, l1000, g1000) = time_get(&api.base, &s3, "/nodes?limit=1000").await;
+    row(
+        &format!("12. GET /nodes page of 1000 vs 100, of {nodes} nodes (ms)"),
+        format!("{:.1}", t1000 * 1e3),
+        format!("{:.1}", t100 * 1e3),
+        t1000 / t100,
+        &format!(
+            "< 3 (1000: {l1000} list + {g1000} get; 100: {l100} list + {g100} get; {plugins} plugins)"
+        ),
+    );
+}
+
+/// The median time of 3 `GET {path}`, and the list and get requests of one.
+async fn time_get(base: &str, s3: &S3Server, path: &str) -> (f64, u64, u64) {
+    let http = reqwest::Client::new();
+    let stats = s3.stats();
+    let (l0, g0) = (
+        stats.lists.load(Ordering::SeqCst),
+        stats.gets.load(Ordering::SeqCst),
+    );
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        let _ = r.bytes().await.unwrap();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let lists = (stats.lists.load(Ordering::SeqCst) - l0) / 3;
+    let gets = (stats.gets.load(Ordering::SeqCst) - g0) / 3;
+    (median(times), lists, gets)
+}
+
 /// Writes back every dirty page (`sync`), so that a measurement does not pay
 /// for what was written before it.
 fn flush_page_cache() {
@@ -824,5 +886,8 @@ async fn main() {
     }
     if wanted("cold") {
         bench_cold_start(&s3).await;
+    }
+    if wanted("nodes") {
+        bench_nodes().await;
     }
 }

@@ -188,7 +188,6 @@ async fn a_running_node_reports_and_goes_stale(env: Env) {
     // Stopped without a word: stale after three intervals.
     child.start_kill().expect("kill");
     let _ = child.wait().await;
-    let stopped = Instant::now();
     wait_for(Duration::from_secs(20), || async {
         let (_, v) = env.api_get("/nodes/live").await;
         (v["state"] == "stale").then_some(())
