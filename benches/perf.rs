@@ -499,7 +499,7 @@ async fn bench_listing() {
     );
 }
 
-/// 12. `GET /nodes` over 10,000 node reports and 1,000 plugins in the
+/// Row 12: `GET /nodes` over 10,000 node reports and 1,000 plugins in the
 /// bench's S3 server (written straight into its bucket directory): requests
 /// and time for a page of 100 and of 1,000.
 async fn bench_nodes() {

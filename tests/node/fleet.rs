@@ -193,10 +193,6 @@ async fn a_running_node_reports_and_goes_stale(env: Env) {
         (v["state"] == "stale").then_some(())
     })
     .await;
-    assert!(
-        stopped.elapsed() >= Duration::from_secs(2),
-        "not stale before its time"
-    );
     let (_, page) = env.api_get("/nodes?state=stale").await;
     assert_eq!(page["nodes"][0]["id"], "live");
 }
