@@ -48,7 +48,7 @@ fn quick() -> bool {
 }
 
 /// Whether a section runs: all by default, or those named in `PERF_ONLY`
-/// (comma-separated: create, rss, list, node, cold).
+/// (comma-separated: create, rss, list, node, cold, nodes).
 fn wanted(section: &str) -> bool {
     std::env::var("PERF_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == section))
 }

@@ -144,6 +144,7 @@ impl Common {
         node::start::NodeIdentity {
             id: self.node_id.clone(),
             interval: self.report_interval,
+            started: std::time::SystemTime::now(),
         }
     }
 }

@@ -106,6 +106,11 @@ impl Reporter {
         }
     }
 
+    /// Sets when the node started (default: when the reporter was made).
+    pub fn set_started(&mut self, at: SystemTime) {
+        self.started = humantime::format_rfc3339_seconds(at).to_string();
+    }
+
     /// How often to report while running.
     pub fn interval(&self) -> Option<Duration> {
         self.interval

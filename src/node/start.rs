@@ -142,6 +142,8 @@ pub struct NodeIdentity {
     pub id: Option<String>,
     /// `--report-interval`: how often a running node reports.
     pub interval: Duration,
+    /// When kuiper-node started (before its sync).
+    pub started: std::time::SystemTime,
 }
 
 impl NodeIdentity {
@@ -155,7 +157,9 @@ impl NodeIdentity {
     ) -> Result<Reporter, String> {
         let id = report::node_id(self.id.as_deref(), root)?;
         let interval = (mode != Mode::Sync).then_some(self.interval);
-        Ok(Reporter::new(id, url.clone(), store, mode, interval))
+        let mut reporter = Reporter::new(id, url.clone(), store, mode, interval);
+        reporter.set_started(self.started);
+        Ok(reporter)
     }
 }
 
