@@ -156,7 +156,11 @@ impl Rest {
 
 /// After eKuiper answered: registers missing function lists and compares what
 /// it loaded with `manifest`. Never fails: what went wrong is in the status.
-pub async fn after_start(rest: &Rest, manifest: &Manifest) -> EkuiperStatus {
+pub async fn after_start(
+    rest: &Rest,
+    manifest: &Manifest,
+    root: &std::path::Path,
+) -> EkuiperStatus {
     let mut status = EkuiperStatus {
         url: rest.url().to_string(),
         ..EkuiperStatus::default()
@@ -177,13 +181,23 @@ pub async fn after_start(rest: &Rest, manifest: &Manifest) -> EkuiperStatus {
         for entry in manifest.plugins.values().filter(|e| e.plugin_type == ty) {
             let name = &entry.name;
             if !listed.contains(name) {
+                let rel = crate::node::layout::library_path(ty, &entry.so_file);
+                let missing = crate::node::needed::missing(
+                    &root.join(&rel),
+                    std::env::var("LD_LIBRARY_PATH").ok().as_deref(),
+                );
+                let why = if missing.is_empty() {
+                    "it could not open the library; its log says why".to_string()
+                } else {
+                    format!(
+                        "the library needs {}, which this node does not have",
+                        missing.join(", ")
+                    )
+                };
                 status.not_loaded.push(failure(
                     ty,
                     name,
-                    format!(
-                        "installed as {}, but eKuiper did not load it (it could not open the library; its log says why)",
-                        crate::node::layout::library_path(ty, &entry.so_file)
-                    ),
+                    format!("installed as {rel}, but eKuiper did not load it ({why})"),
                 ));
                 continue;
             }

@@ -7,6 +7,7 @@
 //! - [`manifest`]: what the agent installed, so it never touches other files.
 //! - [`beneath`]: writes under the root that refuse symbolic links.
 //! - [`loader`]: `libloading` and the ABI v1 descriptor checks.
+//! - [`needed`]: shared libraries a library needs that this node lacks.
 //! - [`probe`]: each library loaded in a child process first, so that one
 //!   that crashes fails alone.
 //! - [`report`]: the node's report of itself in the store (`nodes/{id}.json`).
@@ -24,6 +25,7 @@ pub mod ekuiper;
 pub mod layout;
 pub mod loader;
 pub mod manifest;
+pub mod needed;
 pub mod probe;
 pub mod report;
 pub mod start;

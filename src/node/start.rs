@@ -303,7 +303,7 @@ async fn status_after_start(
 ) -> ekuiper::EkuiperStatus {
     let gone = || pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
     if rest.wait_ready(ready_timeout, gone).await {
-        return ekuiper::after_start(rest, &synced.manifest).await;
+        return ekuiper::after_start(rest, &synced.manifest, &synced.root).await;
     }
     let url = rest.url().to_string();
     let error = format!(

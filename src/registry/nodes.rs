@@ -166,16 +166,7 @@ impl<S: Store> Registry<S> {
             // Unfiltered, a page of reports is the page of nodes; filtered,
             // reports are read 1,000 at a time until the page is full.
             let size = if filtered { MAX_LIMIT } else { limit };
-            let page = self
-                .store
-                .list_page(keys::NODES_PREFIX, after.as_deref(), size)
-                .await?;
-            after = page.items.last().map(|l| l.key.clone());
-            let reads: Vec<Option<Read>> = stream::iter(page.items)
-                .map(|l| self.read_node(l, &view))
-                .buffered(PARALLEL_READS)
-                .try_collect()
-                .await?;
+            let (reads, more) = self.read_page(&mut after, size, &view).await?;
             let read_count = reads.len();
             for (i, read) in reads.into_iter().enumerate() {
                 let Some(read) = read.filter(|r| matches(r, query)) else {
@@ -183,12 +174,12 @@ impl<S: Store> Registry<S> {
                 };
                 nodes.push(read.summary);
                 if nodes.len() == limit {
-                    let more = page.more || i + 1 < read_count;
+                    let more = more || i + 1 < read_count;
                     let next = more.then(|| nodes[limit - 1].id.clone());
                     return Ok(NodePage { nodes, next });
                 }
             }
-            if !page.more {
+            if !more {
                 return Ok(NodePage { nodes, next: None });
             }
         }
@@ -220,16 +211,7 @@ impl<S: Store> Registry<S> {
         let mut out = FleetSummary::default();
         let mut after: Option<String> = None;
         loop {
-            let page = self
-                .store
-                .list_page(keys::NODES_PREFIX, after.as_deref(), MAX_LIMIT)
-                .await?;
-            after = page.items.last().map(|l| l.key.clone());
-            let reads: Vec<Option<Read>> = stream::iter(page.items)
-                .map(|l| self.read_node(l, &view))
-                .buffer_unordered(PARALLEL_READS)
-                .try_collect()
-                .await?;
+            let (reads, more) = self.read_page(&mut after, MAX_LIMIT, &view).await?;
             for read in reads.into_iter().flatten() {
                 let Some(p) = read
                     .states
@@ -259,10 +241,31 @@ impl<S: Store> Registry<S> {
                     }
                 }
             }
-            if !page.more {
+            if !more {
                 return Ok(out);
             }
         }
+    }
+
+    /// Lists up to `size` reports after `after` (moved to the page's last
+    /// key) and reads them in parallel, in order; also whether more follow.
+    async fn read_page(
+        &self,
+        after: &mut Option<String>,
+        size: usize,
+        view: &RegistryView,
+    ) -> Result<(Vec<Option<Read>>, bool)> {
+        let page = self
+            .store
+            .list_page(keys::NODES_PREFIX, after.as_deref(), size)
+            .await?;
+        *after = page.items.last().map(|l| l.key.clone());
+        let reads = stream::iter(page.items)
+            .map(|l| self.read_node(l, view))
+            .buffered(PARALLEL_READS)
+            .try_collect()
+            .await?;
+        Ok((reads, page.more))
     }
 
     /// Reads and compares the report at `listed`; `None` when it is not a

@@ -195,6 +195,16 @@ impl S3Store {
         }
     }
 
+    /// Whether a listed object is a deletion marker, which listings leave
+    /// out. Only an object of a marker's size can be one; a HEAD tells.
+    async fn is_marker(&self, listed: &Listed) -> Result<bool, StoreError> {
+        Ok(listed.size == markers::MARKER_LEN
+            && matches!(
+                self.at_key(&self.key(&listed.key)).await?,
+                markers::AtKey::Marker(..)
+            ))
+    }
+
     /// Every key under `prefix` but the reserved ones, markers included.
     async fn list_raw(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let mut pages = self
@@ -750,15 +760,9 @@ impl Store for S3Store {
                 continue;
             }
             let listed = listed(key, obj);
-            if listed.size == markers::MARKER_LEN
-                && matches!(
-                    self.at_key(&self.key(&listed.key)).await?,
-                    markers::AtKey::Marker(..)
-                )
-            {
-                continue;
+            if !self.is_marker(&listed).await? {
+                items.push(listed);
             }
-            items.push(listed);
         }
         items.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(Page {
@@ -770,16 +774,9 @@ impl Store for S3Store {
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
         let mut out = Vec::new();
         for listed in self.list_raw(prefix).await? {
-            // Only an object of a marker's size can be one; a HEAD tells.
-            if listed.size == markers::MARKER_LEN
-                && matches!(
-                    self.at_key(&self.key(&listed.key)).await?,
-                    markers::AtKey::Marker(..)
-                )
-            {
-                continue;
+            if !self.is_marker(&listed).await? {
+                out.push(listed);
             }
-            out.push(listed);
         }
         Ok(out)
     }

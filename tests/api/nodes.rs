@@ -169,6 +169,16 @@ async fn drift_from_the_reported_tags(env: TestEnv) {
     assert_eq!(d["nodes"]["failed"], 1, "{}", d["nodes"]);
 }
 
+/// The ids of a page of `GET /nodes`.
+fn ids(page: &Value) -> Vec<&str> {
+    page["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect()
+}
+
 async fn pages_and_filters(env: TestEnv) {
     env.create_ok("sinks", "file2").await;
     let tag = etag_of(&env, "sinks", "file2").await;
@@ -207,24 +217,12 @@ async fn pages_and_filters(env: TestEnv) {
 
     // The five with no plugin are restart-needed (file2 is pending there).
     let v = env.get("/nodes?state=restart-needed").await.json();
-    let ids: Vec<&str> = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["n00", "n05", "n10", "n15", "n20"]);
+    assert_eq!(ids(&v), ["n00", "n05", "n10", "n15", "n20"]);
     let v = env
         .get("/nodes?state=current&plugin=sinks/file2&limit=3")
         .await
         .json();
-    let ids: Vec<&str> = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["n01", "n02", "n03"]);
+    assert_eq!(ids(&v), ["n01", "n02", "n03"]);
     assert_eq!(v["next"], "n03");
     let v = env.get("/nodes?plugin=sinks/file2&cursor=n19").await.json();
     assert_eq!(v["nodes"].as_array().unwrap().len(), 4, "n21..n24: {v}");
