@@ -305,9 +305,14 @@ fn plugins(synced: &Synced, report: &Report, mode: Mode) -> Vec<NodePlugin> {
             },
         );
     }
-    // Skipped and failed plugins: what the registry offered and the node did
-    // not take, with the tag of the metadata it refused. A version it kept
-    // stays named by its installed id.
+    add_refused(&mut out, synced, report);
+    out.into_values().collect()
+}
+
+/// Adds the skipped and failed plugins to `out`: what the registry offered
+/// and the node did not take, with the tag of the metadata it refused. A
+/// version it kept stays named by its installed id.
+fn add_refused(out: &mut BTreeMap<Key, NodePlugin>, synced: &Synced, report: &Report) {
     for s in &report.skipped {
         let key = (s.plugin_type, s.name.clone());
         let seen = synced.seen.get(&key).cloned();
@@ -353,7 +358,6 @@ fn plugins(synced: &Synced, report: &Report, mode: Mode) -> Vec<NodePlugin> {
             entry.reasons.push(f.error.clone());
         }
     }
-    out.into_values().collect()
 }
 
 /// What the report says of the node's eKuiper: its build (from the gate)

@@ -321,6 +321,54 @@ async fn status_after_start(
     }
 }
 
+/// What `kuiper-node ekuiper` does once eKuiper runs.
+struct AfterStart<'a> {
+    rest: &'a ekuiper::Rest,
+    ready_timeout: Duration,
+    pid: Option<u32>,
+    synced: &'a Synced,
+    synced_at: &'a str,
+    started: &'a str,
+    build: Option<&'a crate::package::BuildFingerprint>,
+    reporter: &'a Reporter,
+    progress: &'a Progress,
+}
+
+impl AfterStart<'_> {
+    /// Waits for eKuiper's REST API, checks what it loaded, reports it (on
+    /// stdout and to the store), then reports again at every interval.
+    async fn run(self) {
+        let progress = self.progress;
+        let mut report = self.synced.report.clone();
+        let status = status_after_start(self.rest, self.ready_timeout, self.pid, self.synced).await;
+        report.failed.extend(status.not_loaded.iter().cloned());
+        for f in &status.not_loaded {
+            progress.line(&format!(
+                "eKuiper: {} {}: {}",
+                f.plugin_type, f.name, f.error
+            ));
+        }
+        progress.line(&format!(
+            "eKuiper {} loaded {} plugin(s) kuiper-node installed",
+            status.version,
+            status.loaded.len()
+        ));
+        let info = report::ekuiper_info(self.build, Some(&status), Some(self.started));
+        report.ekuiper = Some(status);
+        report.sort();
+        let node_report = self
+            .reporter
+            .build(self.synced, &report, info, self.synced_at);
+        let written = self.reporter.write(&node_report).await;
+        if let Some(e) = &written.error {
+            progress.line(e);
+        }
+        report.node_report = Some(written);
+        report.print();
+        self.reporter.keep_reporting(node_report, progress).await;
+    }
+}
+
 /// `kuiper-node ekuiper`: sync, then eKuiper as a child (see the subcommand's
 /// help). Reports to the store after the sync, again once eKuiper answered
 /// (with what it loaded), then at every interval. Returns the exit code:
@@ -404,34 +452,18 @@ pub async fn run_ekuiper(
         "eKuiper started (pid {}); waiting for {url}",
         pid.unwrap_or_default()
     ));
-    let started = async {
-        let mut report = synced.report.clone();
-        let status = status_after_start(&rest, run.ready_timeout, pid, &synced).await;
-        report.failed.extend(status.not_loaded.iter().cloned());
-        for f in &status.not_loaded {
-            progress.line(&format!(
-                "eKuiper: {} {}: {}",
-                f.plugin_type, f.name, f.error
-            ));
-        }
-        progress.line(&format!(
-            "eKuiper {} loaded {} plugin(s) kuiper-node installed",
-            status.version,
-            status.loaded.len()
-        ));
-        let info = report::ekuiper_info(build.as_ref(), Some(&status), Some(&ekuiper_started));
-        report.ekuiper = Some(status);
-        report.sort();
-        let node_report = reporter.build(&synced, &report, info, &synced_at);
-        let written = reporter.write(&node_report).await;
-        if let Some(e) = &written.error {
-            progress.line(e);
-        }
-        report.node_report = Some(written);
-        report.print();
-        reporter.keep_reporting(node_report, &progress).await;
+    let after = AfterStart {
+        rest: &rest,
+        ready_timeout: run.ready_timeout,
+        pid,
+        synced: &synced,
+        synced_at: &synced_at,
+        started: &ekuiper_started,
+        build: build.as_ref(),
+        reporter: &reporter,
+        progress: &progress,
     };
-    match supervise::supervise(child, forwarder, started).await {
+    match supervise::supervise(child, forwarder, after.run()).await {
         Ok(status) => {
             progress.line(&format!("eKuiper exited: {status}"));
             supervise::exit_code(status)
