@@ -21,11 +21,11 @@
 //! machine, with every core busy from start to end. A floor above the target
 //! means the target needs less work or more cores, not more overlap.
 //!
-//! Run: `cargo bench --bench perf` (everything on 127.0.0.1: an in-process
-//! S3-protocol server and a wiremock file host). `PERF_QUICK=1` uses smaller
-//! sizes; `PERF_ONLY=create,rss,list,node,cold` picks sections
-//! (`create-stored`, `create-deflated`, `node-stored` or `node-deflated`
-//! for half of a section).
+//! Run: `cargo bench --profile deploy --bench perf` (the profile of what is
+//! shipped; everything on 127.0.0.1: an in-process S3-protocol server and a
+//! wiremock file host). `PERF_QUICK=1` uses smaller sizes;
+//! `PERF_ONLY=create,rss,list,node,cold` picks sections (`create-stored`,
+//! `create-deflated`, `node-stored` or `node-deflated` for half of a section).
 
 use std::path::Path;
 use std::process::Stdio;

@@ -1,0 +1,145 @@
+//! The artifacts `template.yaml` deploys, built as the README says
+//! (`cargo lambda build --profile deploy --arm64 --bin plugin-api`, and
+//! `--x86-64`), started against the harness's Lambda Runtime API emulator and
+//! answering API Gateway v2 events: the aarch64 one under qemu user-mode
+//! emulation, the x86_64 one natively. Needs cargo-lambda, zig and qemu
+//! (`bash .ci/lambda-tools`); without them these tests fail, they never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kuiper_harness::files::FileHost;
+use kuiper_harness::lambda_runtime::{plugin_round_trip, RuntimeApi, Source};
+use kuiper_harness::lambda_tools::{cargo_lambda, path, qemu_aarch64};
+use kuiper_harness::plugins::example_so;
+use kuiper_harness::rig::repo_root;
+use kuiper_harness::zips::ZipBuilder;
+use object::{Architecture, Object, ObjectKind};
+
+/// Runs `cargo lambda build --profile deploy {arch} --bin plugin-api` into
+/// `lambda_dir` (relative to the repository) and returns its bootstrap.
+fn build(arch: &str, lambda_dir: &str) -> PathBuf {
+    let out = Command::new(cargo_lambda())
+        .current_dir(repo_root())
+        .env("PATH", path())
+        .args(["lambda", "build", "--profile", "deploy", arch])
+        .args(["--bin", "plugin-api", "--lambda-dir", lambda_dir])
+        .output()
+        .expect("run cargo lambda build");
+    assert!(
+        out.status.success(),
+        "cargo lambda build {arch} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bootstrap = repo_root().join(lambda_dir).join("plugin-api/bootstrap");
+    let size = std::fs::metadata(&bootstrap)
+        .expect("bootstrap built")
+        .len();
+    println!(
+        "artifact {}: {size} bytes ({:.2} MiB)",
+        bootstrap.display(),
+        size as f64 / 1048576.0
+    );
+    bootstrap
+}
+
+/// Asserts that `bootstrap` is an ELF executable (not a library) for `arch`.
+fn assert_executable_for(bootstrap: &Path, arch: Architecture) {
+    let bytes = std::fs::read(bootstrap).unwrap();
+    let elf = object::File::parse(&*bytes).expect("an ELF file");
+    assert_eq!(elf.format(), object::BinaryFormat::Elf);
+    assert_eq!(elf.architecture(), arch, "{}", bootstrap.display());
+    assert_eq!(
+        elf.kind(),
+        ObjectKind::Executable,
+        "{}",
+        bootstrap.display()
+    );
+    assert!(elf.is_64());
+}
+
+/// Starts `cmd` (the bootstrap, maybe under qemu) as the function and runs
+/// the round trip through API Gateway v2 events.
+async fn answers_events(cmd: tokio::process::Command) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = FileHost::start().await;
+    let zip = ZipBuilder::new()
+        .file("Lam.so", example_so("print"))
+        .build();
+    let url = files.serve("/sinks/lam.zip", zip).await;
+    let api = RuntimeApi::start().await;
+    let store = dir.path().join("store").display().to_string();
+    let allowed = url::Url::parse(&url).unwrap();
+    let allowed = format!("127.0.0.1:{}", allowed.port().unwrap());
+    let log = dir.path().join("function.log");
+    let mut function = api.spawn(
+        cmd,
+        &[("KUIPER_STORE", &store), ("KUIPER_ALLOWED_HOSTS", &allowed)],
+        &log,
+    );
+    plugin_round_trip(&api, Source::ApiGateway, &url).await;
+    assert!(
+        function.try_wait().unwrap().is_none(),
+        "the function exited: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(dir.path().join("store/blobs").is_dir());
+}
+
+/// The aarch64 artifact, at the path `template.yaml`'s CodeUri names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm64_bootstrap_answers_under_qemu() {
+    let bootstrap = build("--arm64", "target/lambda");
+    assert_eq!(
+        bootstrap,
+        repo_root().join("target/lambda/plugin-api/bootstrap")
+    );
+    assert_executable_for(&bootstrap, Architecture::Aarch64);
+    let (qemu, sysroot) = qemu_aarch64();
+    let mut cmd = tokio::process::Command::new(qemu);
+    cmd.arg("-L").arg(sysroot).arg(&bootstrap);
+    answers_events(cmd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x86_64_bootstrap_answers_natively() {
+    let bootstrap = build("--x86-64", "target/lambda-x86_64");
+    assert_executable_for(&bootstrap, Architecture::X86_64);
+    answers_events(tokio::process::Command::new(&bootstrap)).await;
+}
+
+/// `cargo lambda deploy` would give the function no variables from
+/// `Cargo.toml`: a deployed function's filesystem is read-only, so a
+/// `KUIPER_STORE=./data` there would break every create. (A dry run: nothing
+/// leaves the machine; the credentials are dummies.)
+#[test]
+fn cargo_lambda_deploy_sets_no_variables() {
+    // `deploy` zips {lambda-dir}/plugin-api/bootstrap, any Linux executable:
+    // this test's own binary stands in, which keeps it off the real build.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("plugin-api")).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    std::fs::copy(exe, dir.path().join("plugin-api/bootstrap")).unwrap();
+    let out = Command::new(cargo_lambda())
+        .current_dir(repo_root())
+        .env("PATH", path())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "dummy")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .args(["lambda", "deploy", "--dry", "--output-format", "json"])
+        .args(["--binary-name", "plugin-api", "--lambda-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run cargo lambda deploy --dry");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo lambda deploy --dry failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON plan");
+    let env = &plan["config"]["env_var"];
+    assert!(env.is_null() || env == &serde_json::json!([]), "{plan}");
+    assert!(!stdout.contains("KUIPER_STORE"), "{stdout}");
+}
