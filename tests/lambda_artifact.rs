@@ -8,12 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kuiper_harness::files::FileHost;
-use kuiper_harness::lambda_runtime::{plugin_round_trip, RuntimeApi, Source};
+use kuiper_harness::lambda_runtime::{function_round_trip, Source};
 use kuiper_harness::lambda_tools::{cargo_lambda, path, qemu_aarch64};
-use kuiper_harness::plugins::example_so;
 use kuiper_harness::rig::repo_root;
-use kuiper_harness::zips::ZipBuilder;
 use object::{Architecture, Object, ObjectKind};
 
 /// Runs `cargo lambda build --profile deploy {arch} --bin plugin-api` into
@@ -61,29 +58,7 @@ fn assert_executable_for(bootstrap: &Path, arch: Architecture) {
 /// Starts `cmd` (the bootstrap, maybe under qemu) as the function and runs
 /// the round trip through API Gateway v2 events.
 async fn answers_events(cmd: tokio::process::Command) {
-    let dir = tempfile::tempdir().unwrap();
-    let files = FileHost::start().await;
-    let zip = ZipBuilder::new()
-        .file("Lam.so", example_so("print"))
-        .build();
-    let url = files.serve("/sinks/lam.zip", zip).await;
-    let api = RuntimeApi::start().await;
-    let store = dir.path().join("store").display().to_string();
-    let allowed = url::Url::parse(&url).unwrap();
-    let allowed = format!("127.0.0.1:{}", allowed.port().unwrap());
-    let log = dir.path().join("function.log");
-    let mut function = api.spawn(
-        cmd,
-        &[("KUIPER_STORE", &store), ("KUIPER_ALLOWED_HOSTS", &allowed)],
-        &log,
-    );
-    plugin_round_trip(&api, Source::ApiGateway, &url).await;
-    assert!(
-        function.try_wait().unwrap().is_none(),
-        "the function exited: {}",
-        std::fs::read_to_string(&log).unwrap()
-    );
-    assert!(dir.path().join("store/blobs").is_dir());
+    function_round_trip(cmd, &[], &[Source::ApiGateway]).await;
 }
 
 /// The aarch64 artifact, at the path `template.yaml`'s CodeUri names.

@@ -9,10 +9,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kuiper_harness::files::FileHost;
+use kuiper_harness::lambda_runtime::lam_zip;
 use kuiper_harness::lambda_tools::{cargo_lambda, path};
-use kuiper_harness::plugins::example_so;
 use kuiper_harness::rig::{free_port, repo_root};
-use kuiper_harness::zips::ZipBuilder;
 use serde_json::{json, Value};
 
 /// How the store reaches the function.
@@ -124,6 +123,16 @@ impl Watch {
         }
     }
 
+    /// Creates sink `lam` from `url`, and checks that it landed in `store`.
+    async fn create_lam(&self, url: &str, store: &Path) {
+        let create = json!({"name": "lam", "file": url});
+        let r = self.ok("POST", "/plugins/sinks", Some(create)).await;
+        let created = (201, "sinks plugin lam is created".to_string());
+        assert_eq!(r, created, "{}", self.log());
+        let blobs = store.join("blobs");
+        assert!(blobs.is_dir(), "no {}:\n{}", blobs.display(), self.log());
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -149,9 +158,7 @@ fn port_of(url: &str) -> u16 {
 async fn watch_serves_the_plugin_api() {
     let dir = tempfile::tempdir().unwrap();
     let files = FileHost::start().await;
-    let zip = ZipBuilder::new()
-        .file("Lam.so", example_so("print"))
-        .build();
+    let zip = lam_zip();
     let url = files.serve("/sinks/lam.zip", zip.clone()).await;
     let elsewhere = FileHost::start().await;
     let private = elsewhere.serve("/sinks/lam.zip", zip).await;
@@ -160,19 +167,7 @@ async fn watch_serves_the_plugin_api() {
     let log = dir.path().join("watch.log");
     let w = Watch::start(&store, StoreBy::Environment, &allowed, &log).await;
 
-    let create = json!({"name": "lam", "file": url});
-    let r = w.ok("POST", "/plugins/sinks", Some(create)).await;
-    assert_eq!(
-        r,
-        (201, "sinks plugin lam is created".into()),
-        "{}",
-        w.log()
-    );
-    assert!(
-        store.join("blobs").is_dir(),
-        "the store is {}",
-        store.display()
-    );
+    w.create_lam(&url, &store).await;
     let r = w.ok("GET", "/plugins/sinks", None).await;
     assert_eq!(r, (200, "[\"lam\"]".into()));
     let (status, body) = w.ok("GET", "/plugins/sinks/lam", None).await;
@@ -233,30 +228,11 @@ async fn watch_serves_the_plugin_api() {
 async fn watch_takes_the_store_from_env_var() {
     let dir = tempfile::tempdir().unwrap();
     let files = FileHost::start().await;
-    let zip = ZipBuilder::new()
-        .file("Lam.so", example_so("print"))
-        .build();
+    let zip = lam_zip();
     let url = files.serve("/sinks/lam.zip", zip).await;
     let allowed = format!("127.0.0.1:{}", port_of(&url));
     let store = dir.path().join("flag-store");
     let log = dir.path().join("watch.log");
     let w = Watch::start(&store, StoreBy::EnvVarFlag, &allowed, &log).await;
-    let r = w
-        .ok(
-            "POST",
-            "/plugins/sinks",
-            Some(json!({"name": "lam", "file": url})),
-        )
-        .await;
-    assert_eq!(
-        r,
-        (201, "sinks plugin lam is created".into()),
-        "{}",
-        w.log()
-    );
-    assert!(
-        store.join("blobs").is_dir(),
-        "the store is {}",
-        store.display()
-    );
+    w.create_lam(&url, &store).await;
 }

@@ -218,6 +218,49 @@ pub fn status_body(r: &Value) -> (u64, String) {
     )
 }
 
+/// Starts `cmd` as the function (with `env`, a local store and downloads
+/// allowed from one loopback file host) and runs [`plugin_round_trip`]
+/// through each of `sources`; checks that the create reached the store and
+/// that the function still runs. Returns the function's log (stderr).
+pub async fn function_round_trip(cmd: Command, env: &[(&str, &str)], sources: &[Source]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let files = crate::files::FileHost::start().await;
+    let url = files.serve("/sinks/lam.zip", lam_zip()).await;
+    let api = RuntimeApi::start().await;
+    let store = dir.path().join("store");
+    let store_var = store.display().to_string();
+    let allowed = files.base().trim_start_matches("http://").to_string();
+    let mut vars = vec![
+        ("KUIPER_STORE", store_var.as_str()),
+        ("KUIPER_ALLOWED_HOSTS", &allowed),
+    ];
+    vars.extend_from_slice(env);
+    let log = dir.path().join("function.log");
+    let mut function = api.spawn(cmd, &vars, &log);
+    for source in sources {
+        plugin_round_trip(&api, *source, &url).await;
+    }
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        function.try_wait().unwrap().is_none(),
+        "the function exited: {logs}"
+    );
+    assert!(
+        store.join("blobs").is_dir(),
+        "no store in {}: {logs}",
+        store.display()
+    );
+    logs
+}
+
+/// The zip [`plugin_round_trip`] creates: sink `lam`, its library `Lam.so`
+/// (the example sink).
+pub fn lam_zip() -> Vec<u8> {
+    crate::zips::ZipBuilder::new()
+        .file("Lam.so", crate::plugins::example_so("print"))
+        .build()
+}
+
 /// The round trip every function build must answer, through `source` events:
 /// ping, create sink `lam` from `url` (a zip holding `Lam.so`), list,
 /// describe, two bad creates (a bad name, a body that is not an object: JSON
