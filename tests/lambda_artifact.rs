@@ -83,10 +83,13 @@ async fn x86_64_bootstrap_answers_natively() {
     answers_events(tokio::process::Command::new(&bootstrap)).await;
 }
 
-/// `cargo lambda deploy` would give the function no variables from
-/// `Cargo.toml`: a deployed function's filesystem is read-only, so a
-/// `KUIPER_STORE=./data` there would break every create. (A dry run: nothing
-/// leaves the machine; the credentials are dummies.)
+/// `cargo lambda deploy` gives the function no variables from `Cargo.toml`:
+/// a deployed function's filesystem is read-only, so `KUIPER_STORE=./data`
+/// there would break every create, and the stack sets its own. Measured with
+/// cargo-lambda 1.9.2: `[package.metadata.lambda.env]` does not reach a
+/// deploy, `[package.metadata.lambda.deploy.env]` does: this fails on any
+/// variable the dry run would set.
+/// (A dry run: nothing leaves the machine; the credentials are dummies.)
 #[test]
 fn cargo_lambda_deploy_sets_no_variables() {
     // `deploy` zips {lambda-dir}/plugin-api/bootstrap, any Linux executable:
@@ -113,7 +116,9 @@ fn cargo_lambda_deploy_sets_no_variables() {
         "cargo lambda deploy --dry failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let plan: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON plan");
+    // Its progress line may come first on stdout when it is not a terminal.
+    let json = &stdout[stdout.find('{').unwrap_or(0)..];
+    let plan: serde_json::Value = serde_json::from_str(json).expect("a JSON plan");
     let env = &plan["config"]["env_var"];
     assert!(env.is_null() || env == &serde_json::json!([]), "{plan}");
     assert!(!stdout.contains("KUIPER_STORE"), "{stdout}");
