@@ -4,7 +4,8 @@
 //! Lambda function URL events and collects the responses. The builds that are
 //! deployed (`cargo lambda build`) answer the same in `tests/lambda_artifact.rs`.
 
-use kuiper_harness::lambda_runtime::{function_round_trip, Source};
+use kuiper_harness::lambda_round_trip::function_round_trip;
+use kuiper_harness::lambda_runtime::Source;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lambda_events_drive_the_api() {

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kuiper_harness::lambda_runtime::{function_round_trip, Source};
+use kuiper_harness::lambda_round_trip::function_round_trip;
+use kuiper_harness::lambda_runtime::Source;
 use kuiper_harness::lambda_tools::{cargo_lambda, path, qemu_aarch64};
 use kuiper_harness::rig::repo_root;
 use object::elf;

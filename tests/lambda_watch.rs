@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kuiper_harness::files::FileHost;
-use kuiper_harness::lambda_runtime::lam_zip;
+use kuiper_harness::lambda_round_trip::{
+    assert_bad_name_refused, assert_describes_lam, bad_name_create, lam_zip,
+};
 use kuiper_harness::lambda_tools::{cargo_lambda, path};
 use kuiper_harness::rig::{free_port, repo_root};
 use serde_json::{json, Value};
@@ -172,24 +174,12 @@ async fn watch_serves_the_plugin_api() {
     assert_eq!(r, (200, "[\"lam\"]".into()));
     let (status, body) = w.ok("GET", "/plugins/sinks/lam", None).await;
     assert_eq!(status, 200, "{body}");
-    let meta: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        (&meta["soFile"], &meta["source"]),
-        (&json!("Lam.so"), &json!(url))
-    );
+    assert_describes_lam(&body, &url);
 
-    let bad = json!({"name": "a.b", "file": url});
-    let (status, body) = w.ok("POST", "/plugins/sinks", Some(bad)).await;
-    assert_eq!(status, 400, "{body}");
-    let err: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(err["error"], 1000);
-    assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid name \"a.b\""),
-        "{body}"
-    );
+    let (status, body) = w
+        .ok("POST", "/plugins/sinks", Some(bad_name_create(&url)))
+        .await;
+    assert_bad_name_refused(status.into(), &body);
 
     // A loopback host that KUIPER_ALLOWED_HOSTS does not name: refused
     // before anything connects to it.

@@ -9,7 +9,8 @@
 //!   MinIO) built by `harness/go/build.sh`, a MinIO server on loopback, and
 //!   [`ekuiper::Kuiperd`], a stock eKuiper node.
 //! - [`lambda_runtime::RuntimeApi`]: a Lambda Runtime API emulator feeding HTTP
-//!   events to a function; [`lambda_tools`]: cargo-lambda, zig and qemu-aarch64.
+//!   events to a function; [`lambda_round_trip`]: what every build of the
+//!   function must answer; [`lambda_tools`]: cargo-lambda, zig and qemu-aarch64.
 //! - [`plugins`]: real `.so` plugins compiled from the example crates, and
 //!   from the C example `c-plugin/plugin.c` with `cc`.
 
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod callbacks;
 pub mod ekuiper;
 pub mod files;
+pub mod lambda_round_trip;
 pub mod lambda_runtime;
 pub mod lambda_tools;
 pub mod minio;
